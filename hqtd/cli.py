@@ -1,0 +1,146 @@
+"""The ``hqtd`` command line (DESIGN.md's command contract).
+
+Every subcommand is a thin shell around one function of the package. User mistakes raise
+:class:`~hqtd.errors.HqtdError` and end here as one line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hqtd.errors import HqtdError
+
+DATASETS = ("gta5", "synthia", "cityscapes")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """Parse ``WxH`` (e.g. ``1280x720``)."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}")
+    return width, height
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from hqtd.data.synth import generate
+
+    generate(args.out, seed=args.seed)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from hqtd.data.prepare import prepare
+
+    prepare(
+        args.dataset,
+        root=args.root,
+        out=args.out,
+        resize=args.resize,
+        split_list=args.split_list,
+        workers=args.workers,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from hqtd.config import load_config
+    from hqtd.train import train
+
+    train(load_config(args.overrides))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from hqtd.evaluate import evaluate_command
+
+    evaluate_command(args.overrides)
+
+
+def _cmd_tables(args: argparse.Namespace) -> None:
+    from hqtd.report.tables import write_tables
+
+    write_tables(args.runs, args.out, grid=args.grid)
+
+
+def _cmd_figures(args: argparse.Namespace) -> None:
+    from hqtd.report.figures import write_figures
+
+    write_figures(args.runs, args.out, grid=args.grid)
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from hqtd.report.compare import compare
+
+    print(compare(args.rev_a, args.rev_b, tables=args.tables))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hqtd",
+        description="EHTDI domain-adaptive segmentation: data, training, evaluation, tables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = commands.add_parser("synth", help="write the embedded mini benchmark (real formats)")
+    synth.add_argument("--out", type=Path, required=True, help="folder for the raw mini datasets")
+    synth.add_argument("--seed", type=int, default=0, help="same seed gives byte-identical files")
+    synth.set_defaults(func=_cmd_synth)
+
+    prepare = commands.add_parser("prepare", help="check a raw dataset, write trainId labels")
+    prepare.add_argument("dataset", choices=DATASETS)
+    prepare.add_argument("--root", type=Path, required=True, help="raw dataset folder (read only)")
+    prepare.add_argument("--out", type=Path, required=True, help="prepared dataset folder")
+    prepare.add_argument("--resize", type=_size, default=None, metavar="WxH",
+                         help="pre-resize images (bilinear) and labels (nearest)")
+    prepare.add_argument("--split-list", type=Path, default=None,
+                         help="text file of sample ids to keep (e.g. the 12,403-image GTA5 list)")
+    prepare.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    prepare.set_defaults(func=_cmd_prepare)
+
+    train = commands.add_parser(
+        "train", help="train one run (Hydra overrides: benchmark= method= seed= run_dir= ...)"
+    )
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a run or checkpoint (run_dir= [checkpoint=] [protocol=])"
+    )
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    tables = commands.add_parser("tables", help="per-class IoU tables (Markdown, LaTeX, CSV)")
+    tables.add_argument("--runs", type=Path, default=Path("results/runs"))
+    tables.add_argument("--out", type=Path, default=Path("results/tables"))
+    tables.add_argument("--grid", default=None, help="grid of params/grid.yaml giving row order")
+    tables.set_defaults(func=_cmd_tables)
+
+    figures = commands.add_parser("figures", help="IoU bars, training curves, qualitative panel")
+    figures.add_argument("--runs", type=Path, default=Path("results/runs"))
+    figures.add_argument("--out", type=Path, default=Path("results/figures"))
+    figures.add_argument("--grid", default=None, help="grid of params/grid.yaml")
+    figures.set_defaults(func=_cmd_figures)
+
+    compare = commands.add_parser("compare", help="per-class IoU deltas between two git revisions")
+    compare.add_argument("rev_a")
+    compare.add_argument("rev_b", nargs="?", default=None, help="default: the working tree")
+    compare.add_argument("--tables", type=Path, default=Path("results/tables"))
+    compare.set_defaults(func=_cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except HqtdError as error:
+        print(f"hqtd {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hqtd {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

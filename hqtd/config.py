@@ -1,0 +1,199 @@
+"""Typed configuration: Hydra structured configs composed from the YAML files under ``params/``.
+
+``params/config.yaml`` extends the :class:`Config` schema, so every group file merged into it is
+checked: an unknown key or a value of the wrong type fails composition with a one-line
+:class:`~hqtd.errors.HqtdError` naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hqtd.errors import HqtdError
+
+PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+
+
+class Backbone(str, Enum):
+    resnet101 = "resnet101"  # DeepLab-V2 ResNet-101, the paper's network
+    mini = "mini"  # small dilated ResNet for the embedded benchmark, trained from scratch
+
+
+class InputStyle(str, Enum):
+    caffe = "caffe"  # BGR, 0-255, minus the caffe mean (the authors' init and checkpoints)
+    torchvision = "torchvision"  # RGB, 0-1, ImageNet mean/std (torchvision weights)
+
+
+class Stage(str, Enum):
+    source_only = "source_only"  # supervised on source (METHOD.md §3.1)
+    oracle = "oracle"  # supervised on target labels (mini benchmark upper bound)
+    adapt = "adapt"  # the adaptation iteration of METHOD.md §4
+
+
+class PseudoLabelModel(str, Enum):
+    student = "student"
+    ema = "ema"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class CheckpointRule(str, Enum):
+    best = "best"  # best EMA checkpoint on target val (the authors' selection)
+    last = "last"  # last-iteration EMA weights
+
+
+@dataclass
+class ModelConfig:
+    backbone: Backbone = Backbone.resnet101
+    num_classes: int = 19
+    aspp_branches: int = 4  # 2 reproduces the authors' early-returning ASPP
+    input_style: InputStyle = InputStyle.caffe
+    caffe_stride: bool = True  # stride on the first 1x1 conv and ceil-mode max-pool (caffe ResNet)
+    mini_width: int = 32  # stem width of the mini backbone
+    init: str | None = None  # ImageNet init file (authors' or torchvision), None = from scratch
+
+
+@dataclass
+class DatasetConfig:
+    root: str = MISSING  # prepared dataset folder holding manifest.json
+    split: str = "train"
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = MISSING
+    source: DatasetConfig = field(default_factory=DatasetConfig)
+    target: DatasetConfig = field(default_factory=DatasetConfig)
+    target_val: DatasetConfig = field(default_factory=DatasetConfig)
+    num_classes: int = 19
+    source_size: tuple[int, int] = (1280, 720)  # (W, H) after resizing
+    target_size: tuple[int, int] = (1280, 640)
+    crop_size: int = 512
+    mini: bool = False  # an embedded mini benchmark (enables the oracle variant)
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    stage: Stage = Stage.adapt
+    self_training: bool = True  # steps 4, 5, 7: ClassMix + self-training on the strong view
+    t2s: bool = False  # step 6: target->source mix
+    pixel: bool = False  # step 9: pixel-level contrastive loss
+    proto: bool = False  # step 10: prototype-level contrastive loss
+    edge: bool = False  # §5: edge enhancement
+    lambda_st: float = 0.1
+    lambda_aux: float = 0.1
+    lambda_mix: float = 0.1
+    lambda_cl: float = 0.01  # 0.008 for SYNTHIA, set by the benchmark file
+    t_max: float = 0.95
+    tau_pix: float = 0.05
+    tau_proto: float = 1.0 / 7.0
+    ema_decay: float = 0.999
+    pseudo_label_model: PseudoLabelModel = PseudoLabelModel.student
+    quirk_classmix_offset: bool = False  # authors' off-by-one ClassMix candidate set
+    quirk_t2s_first_image: bool = False  # authors apply L_mix to the first image only
+    quirk_proto_first_image: bool = False  # authors' prototype loss sees the first image only
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 250_000  # adaptation
+    source_only_iterations: int = 120_000  # source-only pretraining and the oracle
+    batch_size: int = 2  # per domain: 2 source + 2 target
+    lr: float = 2.5e-4
+    head_lr_mult: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    aux_weight: float = 0.1
+    checkpoint_every: int = 2000
+    eval_every: int = 2000
+    log_every: int = 50
+    init_checkpoint: str | None = None  # source-only checkpoint that adaptation starts from
+    precision: Precision = Precision.fp32
+    channels_last: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    num_workers: int = 4
+    threads: int = 0  # torch intra-op threads, 0 = torch default
+
+
+@dataclass
+class ProtocolConfig:
+    name: str = MISSING
+    resize_labels: bool = True  # paper: labels resized to benchmark.target_size; strict: full size
+    checkpoint: CheckpointRule = CheckpointRule.best
+
+
+@dataclass
+class Config:
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    seed: int = 0
+    data_root: str = "data"  # raw datasets under data_root/raw, prepared ones under data_root/prepared
+    run_dir: str = MISSING
+    checkpoint: str | None = None  # evaluate: a checkpoint file instead of the run's own
+
+
+ConfigStore.instance().store(name="hqtd_schema", node=Config)
+
+
+def _one_line(error: BaseException) -> str:
+    """One line from a Hydra/OmegaConf error and its cause (both append multi-line context)."""
+    lines = [str(error).strip().splitlines()[0]]
+    if error.__cause__ is not None:
+        lines.append(str(error.__cause__).strip().splitlines()[0])
+    if "Could not find" in lines[0]:  # name the options the user can choose from
+        options = [line.strip() for line in str(error).splitlines() if line.startswith("\t")]
+        options = [o for o in options if not o.startswith("provider=")]
+        lines.append("available: " + ", ".join(options))
+    return ": ".join(lines)
+
+
+def load_config(overrides: list[str], config_dir: Path = PARAMS_DIR) -> Config:
+    """Compose ``params/config.yaml`` with Hydra ``KEY=VALUE`` overrides into a typed :class:`Config`.
+
+    Raises:
+        HqtdError: an unknown key, a wrong type, an unknown group option or a missing value.
+    """
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            composed = compose(config_name="config", overrides=overrides)
+        OmegaConf.resolve(composed)
+        missing = sorted(OmegaConf.missing_keys(composed))
+        if missing:
+            raise HqtdError(f"missing required config value(s): {', '.join(missing)}")
+        config = OmegaConf.to_object(composed)
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        raise HqtdError(f"bad configuration: {_one_line(error)}") from None
+    assert isinstance(config, Config)
+    return config
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved configuration as YAML (saved in every run directory)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def from_yaml(path: Path) -> Config:
+    """Read a configuration saved by :func:`to_yaml`, validated against the schema."""
+    try:
+        loaded = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+        config = OmegaConf.to_object(loaded)
+    except (OmegaConfBaseException, OSError, ValueError) as error:
+        raise HqtdError(f"{path}: not a valid hqtd config: {_one_line(error)}") from None
+    assert isinstance(config, Config)
+    return config

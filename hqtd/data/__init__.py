@@ -1,0 +1,1 @@
+"""Datasets: label spaces, real on-disk formats, the mini benchmark generator, transforms."""
