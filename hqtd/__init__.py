@@ -1,4 +1,4 @@
-"""hqtd: EHTDI (Li et al., ACM MM 2022) for UDA semantic segmentation, with its benchmark harness."""
+"""hqtd: EHTDI (Li et al., ACM MM 2022) for UDA semantic segmentation, and its benchmark harness."""
 
 from hqtd import _torchvision_guard  # noqa: F401  (must run before any torchvision import)
 

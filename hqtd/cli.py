@@ -20,7 +20,9 @@ def _size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}"
+        ) from None
     return width, height
 
 
@@ -45,9 +47,11 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from hqtd.config import load_config
+
+    config = load_config(args.overrides)  # validate before importing the training stack
     from hqtd.train import train
 
-    train(load_config(args.overrides))
+    train(config)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -90,10 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("dataset", choices=DATASETS)
     prepare.add_argument("--root", type=Path, required=True, help="raw dataset folder (read only)")
     prepare.add_argument("--out", type=Path, required=True, help="prepared dataset folder")
-    prepare.add_argument("--resize", type=_size, default=None, metavar="WxH",
-                         help="pre-resize images (bilinear) and labels (nearest)")
-    prepare.add_argument("--split-list", type=Path, default=None,
-                         help="text file of sample ids to keep (e.g. the 12,403-image GTA5 list)")
+    prepare.add_argument(
+        "--resize",
+        type=_size,
+        default=None,
+        metavar="WxH",
+        help="pre-resize images (bilinear) and labels (nearest)",
+    )
+    prepare.add_argument(
+        "--split-list",
+        type=Path,
+        default=None,
+        help="text file of sample ids to keep (e.g. the 12,403-image GTA5 list)",
+    )
     prepare.add_argument("--workers", type=int, default=2, help="parallel worker processes")
     prepare.set_defaults(func=_cmd_prepare)
 

@@ -8,7 +8,7 @@ checked: an unknown key or a value of the wrong type fails composition with a on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -22,33 +22,33 @@ from hqtd.errors import HqtdError
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
 
 
-class Backbone(str, Enum):
+class Backbone(StrEnum):
     resnet101 = "resnet101"  # DeepLab-V2 ResNet-101, the paper's network
     mini = "mini"  # small dilated ResNet for the embedded benchmark, trained from scratch
 
 
-class InputStyle(str, Enum):
+class InputStyle(StrEnum):
     caffe = "caffe"  # BGR, 0-255, minus the caffe mean (the authors' init and checkpoints)
     torchvision = "torchvision"  # RGB, 0-1, ImageNet mean/std (torchvision weights)
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     source_only = "source_only"  # supervised on source (METHOD.md §3.1)
     oracle = "oracle"  # supervised on target labels (mini benchmark upper bound)
     adapt = "adapt"  # the adaptation iteration of METHOD.md §4
 
 
-class PseudoLabelModel(str, Enum):
+class PseudoLabelModel(StrEnum):
     student = "student"
     ema = "ema"
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     fp32 = "fp32"
     bf16 = "bf16"
 
 
-class CheckpointRule(str, Enum):
+class CheckpointRule(StrEnum):
     best = "best"  # best EMA checkpoint on target val (the authors' selection)
     last = "last"  # last-iteration EMA weights
 
@@ -143,7 +143,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     seed: int = 0
-    data_root: str = "data"  # raw datasets under data_root/raw, prepared ones under data_root/prepared
+    data_root: str = "data"  # raw datasets in data_root/raw, prepared ones in data_root/prepared
     run_dir: str = MISSING
     checkpoint: str | None = None  # evaluate: a checkpoint file instead of the run's own
 
@@ -164,7 +164,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def load_config(overrides: list[str], config_dir: Path = PARAMS_DIR) -> Config:
-    """Compose ``params/config.yaml`` with Hydra ``KEY=VALUE`` overrides into a typed :class:`Config`.
+    """Compose ``params/config.yaml`` and Hydra ``KEY=VALUE`` overrides into a :class:`Config`.
 
     Raises:
         HqtdError: an unknown key, a wrong type, an unknown group option or a missing value.

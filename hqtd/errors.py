@@ -2,4 +2,4 @@
 
 
 class HqtdError(Exception):
-    """A mistake the user can fix (bad file, bad key, bad value). The message names what and where."""
+    """A mistake the user can fix (bad file, bad key, bad value). It names what and where."""

@@ -1,8 +1,8 @@
-"""Segmentation metrics from one confusion matrix: per-class IoU, mIoU19 / mIoU16 / mIoU13, accuracy.
+"""Segmentation metrics from one confusion matrix: per-class IoU, mIoU19/16/13, pixel accuracy.
 
-The confusion matrix ``conf[gt, pred]`` counts pixels; pixels whose ground truth is ``IGNORE`` do not
-count. Matrices add across batches, processes (:meth:`ConfusionMatrix.all_reduce`) and runs, so every
-mean is computed once, from the merged counts — never by averaging per-image scores.
+The confusion matrix ``conf[gt, pred]`` counts pixels; pixels whose ground truth is ``IGNORE``
+do not count. Matrices add across batches, processes (:meth:`ConfusionMatrix.all_reduce`) and
+runs, so every mean is computed once, from the merged counts, never by averaging per-image scores.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def confusion_counts(
     pred_t = torch.as_tensor(pred)
     target_t = torch.as_tensor(target, device=pred_t.device)
     if pred_t.shape != target_t.shape:
-        raise ValueError(f"prediction {tuple(pred_t.shape)} and label {tuple(target_t.shape)} differ")
+        raise ValueError(
+            f"prediction {tuple(pred_t.shape)} and label {tuple(target_t.shape)} differ"
+        )
     target_t = target_t.reshape(-1).long()
     pred_t = pred_t.reshape(-1).long()
     valid = target_t != ignore_index

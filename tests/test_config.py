@@ -1,0 +1,105 @@
+"""Hydra composition of params/ into the typed schema, and one-line errors for bad input."""
+
+import pytest
+
+from hqtd.cli import main
+from hqtd.config import Backbone, Config, Stage, from_yaml, load_config, to_yaml
+from hqtd.errors import HqtdError
+
+
+def test_default_composition_is_typed():
+    config = load_config(["run_dir=runs/x"])
+    assert isinstance(config, Config)
+    assert config.benchmark.name == "mini_gta5"
+    assert config.model.backbone is Backbone.mini
+    assert config.model.num_classes == config.benchmark.num_classes == 19
+    assert config.benchmark.source.root == "data/prepared/mini_gta5"
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "classes", "lambda_cl"), [("gta5", 19, 0.01), ("synthia", 16, 0.008)]
+)
+def test_paper_benchmarks_pick_r101_and_their_weights(benchmark, classes, lambda_cl):
+    config = load_config([f"benchmark={benchmark}", "run_dir=r", "data_root=/data"])
+    assert config.model.backbone is Backbone.resnet101
+    assert config.model.num_classes == classes
+    assert config.method.lambda_cl == lambda_cl
+    assert config.benchmark.target_val.root == "/data/prepared/cityscapes"
+    assert tuple(config.benchmark.source_size) == (1280, 720)
+
+
+@pytest.mark.parametrize(
+    ("method", "switches"),
+    [
+        ("source_only", dict(stage=Stage.source_only, self_training=False)),
+        ("baseline", dict(stage=Stage.adapt, self_training=True, t2s=False, pixel=False)),
+        ("t2s", dict(t2s=True, pixel=False, proto=False)),
+        ("pixel", dict(t2s=False, pixel=True, proto=False)),
+        ("proto", dict(t2s=False, pixel=False, proto=True)),
+        ("full", dict(t2s=True, pixel=True, proto=True, edge=False, quirk_t2s_first_image=False)),
+        ("full_edge", dict(t2s=True, pixel=True, proto=True, edge=True)),
+        (
+            "official",
+            dict(
+                quirk_classmix_offset=True, quirk_t2s_first_image=True, quirk_proto_first_image=True
+            ),
+        ),
+    ],
+)
+def test_method_variants(method, switches):
+    config = load_config([f"method={method}", "run_dir=r"])
+    assert config.method.name == method
+    for key, value in switches.items():
+        assert getattr(config.method, key) == value, key
+    assert config.model.aspp_branches == (2 if method == "official" else 4)
+
+
+def test_cli_override_beats_benchmark_file():
+    config = load_config(["benchmark=mini_synthia", "model.backbone=resnet101", "run_dir=r"])
+    assert config.model.backbone is Backbone.resnet101
+    assert config.model.num_classes == 16
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["run_dir=r", "foo=1"], "Key 'foo' not in 'Config'"),
+        (["run_dir=r", "train.iterations=abc"], "train.iterations=abc"),
+        (["run_dir=r", "method=nope"], "available: baseline"),
+        ([], "run_dir"),
+    ],
+)
+def test_bad_configuration_is_one_clear_error(overrides, message):
+    with pytest.raises(HqtdError, match=message) as info:
+        load_config(overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_round_trip(tmp_path):
+    config = load_config(["benchmark=synthia", "method=official", "seed=3", "run_dir=r"])
+    path = tmp_path / "config.yaml"
+    path.write_text(to_yaml(config))
+    assert from_yaml(path) == config
+
+
+def test_from_yaml_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("run_dir: r\nbogus: 1\n")
+    with pytest.raises(HqtdError, match="config.yaml"):
+        from_yaml(path)
+
+
+def test_cli_bad_override_exits_2_with_one_line(capsys):
+    assert main(["train", "run_dir=r", "train.lr=fast"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hqtd train: error: bad configuration")
+    assert "train.lr" in err and "\n" not in err
+
+
+def test_cli_help_lists_the_command_contract(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("synth", "prepare", "train", "evaluate", "tables", "compare"):
+        assert command in out

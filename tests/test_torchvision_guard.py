@@ -1,0 +1,29 @@
+"""The import guard lets PyPI's torchvision import next to CPU torch (DESIGN.md)."""
+
+import subprocess
+import sys
+
+
+def test_torchvision_v2_and_torchmetrics_import_after_hqtd():
+    code = (
+        "import hqtd, torch\n"
+        "from torchvision import models, tv_tensors\n"
+        "from torchvision.transforms import v2\n"
+        "import torchmetrics\n"
+        "mask = tv_tensors.Mask(torch.zeros(1, 8, 8, dtype=torch.uint8))\n"
+        "img = torch.rand(1, 3, 8, 8)\n"
+        "out_img, out_mask = v2.RandomHorizontalFlip(p=1.0)(img, mask)\n"
+        "assert isinstance(out_mask, tv_tensors.Mask)\n"
+        "models.resnet18(weights=None)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_guard_is_a_noop_when_compiled_ops_load(monkeypatch):
+    from hqtd import _torchvision_guard as guard
+
+    monkeypatch.setattr(guard, "_compiled_ops_load", lambda: True)
+    assert guard._define_missing_schemas() is None
