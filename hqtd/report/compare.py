@@ -1,0 +1,122 @@
+"""``hqtd compare REV_A [REV_B]``: what a commit did to per-class IoU and mIoU.
+
+Reads the committed tidy table ``results/tables/runs.csv`` at two git revisions (``git show
+REV:path``; REV_B defaults to the working tree), averages each (benchmark, protocol, method,
+metric) over seeds on both sides and prints the deltas next to the seed spread as Markdown, so
+a change can be judged against the noise between seeds.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from hqtd.errors import HqtdError
+
+KEYS = ["benchmark", "protocol", "method", "metric"]
+COLUMNS = {"benchmark", "method", "seed", "protocol", "metric", "iou"}
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+    except OSError as error:
+        raise HqtdError(f"git is not available: {error}") from None
+
+
+def read_revision(rev: str | None, path: Path) -> str:
+    """The text of ``path`` at git revision ``rev`` (the working tree when None).
+
+    Raises:
+        HqtdError: not in a git repository, an unknown revision, or no such file there.
+    """
+    if rev is None:
+        if not path.is_file():
+            raise HqtdError(f"{path}: not found in the working tree (run hqtd tables first)")
+        return path.read_text()
+    top = _git("rev-parse", "--show-toplevel")
+    if top.returncode != 0:
+        raise HqtdError("hqtd compare needs a git repository (run it inside the checkout)")
+    if _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").returncode != 0:
+        raise HqtdError(f"{rev}: not a git revision")
+    relative = Path(path).resolve().relative_to(Path(top.stdout.strip()).resolve())
+    shown = _git("show", f"{rev}:{relative.as_posix()}")
+    if shown.returncode != 0:
+        raise HqtdError(f"{relative.as_posix()}: does not exist at revision {rev}")
+    return shown.stdout
+
+
+def seed_statistics(csv_text: str, origin: str) -> pd.DataFrame:
+    """Mean, sample std and count over seeds per (benchmark, protocol, method, metric).
+
+    Raises:
+        HqtdError: the text is not a ``runs.csv`` written by ``hqtd tables``.
+    """
+    try:
+        frame = pd.read_csv(io.StringIO(csv_text))
+    except (ValueError, pd.errors.ParserError) as error:
+        raise HqtdError(f"{origin}: not a CSV file ({error})") from None
+    missing = COLUMNS - set(frame.columns)
+    if missing:
+        raise HqtdError(f"{origin}: not an hqtd runs.csv, missing {', '.join(sorted(missing))}")
+    grouped = frame.groupby(KEYS, sort=False)["iou"]
+    return grouped.agg(mean="mean", std="std", n="count")
+
+
+def _fmt(value: float, signed: bool = False) -> str:
+    return "" if pd.isna(value) else f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def compare(rev_a: str, rev_b: str | None = None, tables: Path = Path("results/tables")) -> str:
+    """Markdown tables of per-class and mean IoU deltas (B - A) between two revisions.
+
+    Args:
+        rev_a: the reference revision (any git revision: commit, tag, ``HEAD~1``...).
+        rev_b: the compared revision; None compares the working tree.
+        tables: the tables folder holding ``runs.csv``.
+
+    Returns:
+        one section per benchmark and protocol: for each method and metric the mean over seeds
+        at A and B, the delta and both seed stds (sample std; empty for a single seed).
+    """
+    path = Path(tables) / "runs.csv"
+    label_b = rev_b if rev_b is not None else "working tree"
+    stats_a = seed_statistics(read_revision(rev_a, path), f"{path}@{rev_a}")
+    stats_b = seed_statistics(read_revision(rev_b, path), f"{path}@{label_b}")
+    # Rows in runs.csv order (grid order), those only at B last; an outer join would sort them.
+    order = stats_a.index.union(stats_b.index, sort=False)
+    joined = stats_a.join(stats_b, how="outer", suffixes=("_a", "_b")).reindex(order)
+    joined["delta"] = joined["mean_b"] - joined["mean_a"]
+    parts = [
+        f"IoU (%) at A = {rev_a} and B = {label_b}: mean over seeds, delta = B - A, "
+        "std = sample std over seeds (n seeds per side)."
+    ]
+    for (bench, proto), block in joined.groupby(level=[0, 1], sort=False):
+        rows = [
+            [
+                method,
+                metric,
+                _fmt(r.mean_a),
+                _fmt(r.mean_b),
+                _fmt(r.delta, signed=True),
+                _fmt(r.std_a),
+                _fmt(r.std_b),
+                f"{_count(r.n_a)} / {_count(r.n_b)}",
+            ]
+            for (_, _, method, metric), r in block.iterrows()
+        ]
+        headers = ["method", "metric", "A", "B", "delta", "std A", "std B", "n A / B"]
+        align = ("left", "left") + ("right",) * 6
+        table = tabulate(
+            rows, headers=headers, tablefmt="pipe", disable_numparse=True, colalign=align
+        )
+        parts.append(f"### {bench}, {proto} protocol\n\n{table}")
+    return "\n\n".join(parts) + "\n"
+
+
+def _count(value: float) -> str:
+    return "0" if pd.isna(value) else str(int(value))

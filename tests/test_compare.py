@@ -1,0 +1,91 @@
+"""hqtd compare: per-class deltas between git revisions of results/tables/runs.csv."""
+
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hqtd.cli import main
+from hqtd.errors import HqtdError
+from hqtd.report.compare import compare
+
+HEADER = "benchmark,method,seed,protocol,checkpoint,iteration,metric,iou\n"
+
+
+def runs_csv(values: dict[tuple[str, int, str], float]) -> str:
+    """A runs.csv for benchmark gta5, paper protocol: values[(method, seed, metric)] = IoU."""
+    lines = [
+        f"gta5,{m},{s},paper,best,600,{metric},{v:.4f}\n" for (m, s, metric), v in values.items()
+    ]
+    return HEADER + "".join(lines)
+
+
+def git(repo: Path, *args: str) -> str:
+    command = ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args]
+    return subprocess.run(command, cwd=repo, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch) -> Path:
+    """A git repository with two commits of results/tables/runs.csv and a modified working tree."""
+    git(tmp_path, "init", "-q")
+    tables = tmp_path / "results" / "tables"
+    tables.mkdir(parents=True)
+    first = {("full", 0, "road"): 80.0, ("full", 1, "road"): 82.0, ("full", 0, "mIoU19"): 40.0,
+             ("full", 1, "mIoU19"): 41.0, ("source_only", 0, "road"): 70.0}  # fmt: skip
+    (tables / "runs.csv").write_text(runs_csv(first))
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "first")
+    second = {**first, ("full", 0, "road"): 85.0, ("full", 1, "road"): 88.0}
+    (tables / "runs.csv").write_text(runs_csv(second))
+    git(tmp_path, "commit", "-qam", "second")
+    third = {**second, ("full", 1, "mIoU19"): 45.0}
+    (tables / "runs.csv").write_text(runs_csv(third))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def line_of(report: str, method: str, metric: str) -> list[str]:
+    line = next(
+        x for x in report.splitlines() if x.startswith(f"| {method} ") and f" {metric} " in x
+    )
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_deltas_between_two_commits_with_seed_spread(repo):
+    report = compare("HEAD~1", "HEAD", Path("results/tables"))
+    assert "### gta5, paper protocol" in report
+    road = line_of(report, "full", "road")
+    mean_a, mean_b = statistics.mean([80, 82]), statistics.mean([85, 88])
+    assert road[2:5] == [f"{mean_a:.2f}", f"{mean_b:.2f}", f"{mean_b - mean_a:+.2f}"]
+    assert road[5:] == [f"{statistics.stdev([80, 82]):.2f}", f"{statistics.stdev([85, 88]):.2f}",
+                        "2 / 2"]  # fmt: skip
+    assert line_of(report, "full", "mIoU19")[4] == "+0.00"
+    single = line_of(report, "source_only", "road")
+    assert single[5:] == ["", "", "1 / 1"]  # one seed: no std
+    # Rows keep the order of runs.csv (grid order), not alphabetical order.
+    rows = [x.split("|")[1:3] for x in report.splitlines() if x.startswith("| ") and "---" not in x]
+    assert [(m.strip(), k.strip()) for m, k in rows[1:]] == [
+        ("full", "road"), ("full", "mIoU19"), ("source_only", "road")
+    ]  # fmt: skip
+
+
+def test_default_b_is_the_working_tree(repo):
+    report = compare("HEAD")
+    assert "B = working tree" in report
+    assert line_of(report, "full", "mIoU19")[4] == f"{statistics.mean([40, 45]) - 40.5:+.2f}"
+
+
+def test_cli_prints_the_report(repo, capsys):
+    assert main(["compare", "HEAD~1", "HEAD"]) == 0
+    assert "| full " in capsys.readouterr().out
+
+
+def test_unknown_revision_and_missing_file_are_errors(repo, capsys):
+    with pytest.raises(HqtdError, match="nosuchrev: not a git revision"):
+        compare("nosuchrev")
+    with pytest.raises(HqtdError, match="elsewhere/runs.csv: does not exist at revision HEAD"):
+        compare("HEAD", "HEAD~1", Path("elsewhere"))
+    assert main(["compare", "nosuchrev"]) == 2
+    assert capsys.readouterr().err.strip() == "hqtd compare: error: nosuchrev: not a git revision"
