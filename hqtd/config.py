@@ -60,7 +60,7 @@ class ModelConfig:
     aspp_branches: int = 4  # 2 reproduces the authors' early-returning ASPP
     input_style: InputStyle = InputStyle.caffe
     caffe_stride: bool = True  # stride on the first 1x1 conv and ceil-mode max-pool (caffe ResNet)
-    mini_width: int = 32  # stem width of the mini backbone
+    mini_width: int = 16  # stem width of the mini backbone (stages: w, 2w, 4w, 4w)
     init: str | None = None  # ImageNet init file (authors' or torchvision), None = from scratch
 
 

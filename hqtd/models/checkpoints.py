@@ -1,0 +1,197 @@
+"""Loading weights into :class:`~hqtd.models.deeplabv2.DeepLabV2` from every supported file kind.
+
+Supported (METHOD.md §2):
+
+- hqtd training checkpoints (``{"format": "hqtd-train-v1", "model": ..., "ema": ...}``);
+- the authors' checkpoints: keys ``conv1, bn1, layer1..layer4`` (torchvision names), ``layer5``
+  (aux ASPP) and ``layer6`` (main ASPP) with branches ``conv2d_list.{0..3}``, possibly wrapped in
+  ``state_dict`` or ``shadow`` and prefixed ``module.``;
+- the authors' caffe-converted ImageNet init (keys prefixed ``Scale.``): backbone only;
+- torchvision ImageNet ResNet state dicts (``fc.*`` dropped): backbone only.
+
+A load is all or nothing: a key the model lacks or a model key the file lacks is an error that lists
+them. The only keys dropped are the three unused authors' parameters, the ``fc`` classifier of an
+ImageNet file, the heads of an init file, and the ASPP branches beyond ``aspp_branches`` that the
+authors' checkpoints always store.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from hqtd.data.labels import TRAINIDS_16
+from hqtd.errors import HqtdError
+
+HQTD_FORMAT = "hqtd-train-v1"
+#: Parameters of the authors' adaptation model that its forward pass never uses.
+AUTHORS_UNUSED = frozenset({"proto_classifier.weight", "para", "fuse_weight_1"})
+#: Authors' key prefix -> hqtd key prefix; the first match wins, in both directions.
+_LAYOUT = (
+    ("layer5.conv2d_list.", "head_aux.branches."),
+    ("layer6.conv2d_list.", "head_main.branches."),
+    ("", "backbone."),
+)
+_HEAD_PREFIXES = ("head_aux.", "head_main.")
+_BRANCH_INDEX = re.compile(r"^head_(?:aux|main)\.branches\.(\d+)\.")
+_MAX_LISTED = 12
+
+
+def _rename(state_dict: Mapping[str, Tensor], to_hqtd: bool) -> dict[str, Tensor]:
+    """Map keys between the authors' layout and hqtd's (the one place the two are related)."""
+    pairs = _LAYOUT if to_hqtd else tuple((new, old) for old, new in _LAYOUT)
+    renamed = {}
+    for key, value in state_dict.items():
+        old, new = next((o, n) for o, n in pairs if key.startswith(o))
+        renamed[new + key[len(old) :]] = value
+    return renamed
+
+
+def from_authors_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Authors' keys (``conv1...``, ``layer5/6.conv2d_list.k``) -> hqtd keys."""
+    return _rename(state_dict, to_hqtd=True)
+
+
+def to_authors_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """hqtd keys -> the authors' layout, e.g. to run hqtd weights in the authors' code.
+
+    A 2-branch model exports only ``conv2d_list.0`` and ``.1``.
+    """
+    return _rename(state_dict, to_hqtd=False)
+
+
+def _read(path: Path) -> object:
+    """``torch.load`` with ``weights_only=True`` (no arbitrary code from a checkpoint)."""
+    if not path.is_file():
+        raise HqtdError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a corrupt or foreign file can fail anywhere in the unpickler
+        kind = type(error).__name__
+        raise HqtdError(
+            f"{path}: not readable as a weights-only torch checkpoint ({kind})"
+        ) from None
+
+
+def _unwrap(obj: object, path: Path, entry: str) -> tuple[dict[str, Tensor], bool]:
+    """The state dict inside a loaded file, and whether it is already in hqtd's layout."""
+    if isinstance(obj, Mapping) and "format" in obj:
+        if obj["format"] != HQTD_FORMAT:
+            raise HqtdError(f"{path}: unsupported checkpoint format {obj['format']!r}")
+        if obj.get(entry) is None:
+            raise HqtdError(f"{path}: hqtd checkpoint has no {entry!r} weights")
+        obj, native = obj[entry], True
+    else:
+        native = False
+        for wrapper in ("state_dict", "shadow"):
+            if isinstance(obj, Mapping) and wrapper in obj:
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise HqtdError(f"{path}: expected a state dict of tensors")
+    state = dict(obj)
+    if state and all(key.startswith("module.") for key in state):  # saved from DataParallel/DDP
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    native = native or any(key.startswith("backbone.") for key in state)
+    return state, native
+
+
+def _to_hqtd(state: dict[str, Tensor], aspp_branches: int) -> tuple[dict[str, Tensor], bool]:
+    """An authors'/ImageNet state dict in hqtd's layout, and whether it carries heads.
+
+    ImageNet files (torchvision: ``fc.*``; authors' init: ``Scale.*``) give the backbone only.
+    """
+    state = {k: v for k, v in state.items() if k not in AUTHORS_UNUSED}
+    imagenet = any(k.startswith("fc.") for k in state) or all(k.startswith("Scale.") for k in state)
+    state = {k.removeprefix("Scale."): v for k, v in state.items() if not k.startswith("fc.")}
+    state = from_authors_layout(state)
+    if imagenet:
+        return {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}, False
+    # The authors' ASPP stores four branches even where its forward pass sums only two.
+    return {k: v for k, v in state.items() if _branch(k) < aspp_branches}, True
+
+
+def _branch(key: str) -> int:
+    """ASPP branch index of a head key, -1 for any other key."""
+    match = _BRANCH_INDEX.match(key)
+    return int(match.group(1)) if match else -1
+
+
+def _select_rows(state: dict[str, Tensor], model_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Head tensors of a 19-class file for a 16-class model keep the rows ``TRAINIDS_16``."""
+    rows = list(TRAINIDS_16)
+    selected = dict(state)
+    for key, value in state.items():
+        target = model_state.get(key)
+        is_head = key.startswith(_HEAD_PREFIXES)
+        if is_head and target is not None and value.shape[0] == 19 and target.shape[0] == 16:
+            selected[key] = value[rows]
+    return selected
+
+
+def _listed(keys: set[str]) -> str:
+    """Sorted keys on one line, cut after ``_MAX_LISTED`` with a count of the rest."""
+    names = sorted(keys)
+    more = f" (and {len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
+    return ", ".join(names[:_MAX_LISTED]) + more
+
+
+def _check(
+    state: Mapping[str, Tensor], model_state: Mapping[str, Tensor], with_heads: bool, path: Path
+) -> None:
+    """Fail unless ``state`` fits the model exactly (heads may be absent iff not ``with_heads``).
+
+    ``num_batches_tracked`` counters may be absent: the caffe-converted files predate them and
+    the model keeps its own (they matter only for BN with ``momentum=None``).
+    """
+    optional = {k for k in model_state if k.endswith("num_batches_tracked")}
+    if not with_heads:
+        optional |= {k for k in model_state if k.startswith(_HEAD_PREFIXES)}
+    unexpected = set(state) - set(model_state)
+    missing = set(model_state) - set(state) - optional
+    if unexpected or missing:
+        parts = [f"unexpected keys: {_listed(unexpected)}"] if unexpected else []
+        parts += [f"missing keys: {_listed(missing)}"] if missing else []
+        raise HqtdError(f"{path}: weights do not fit the model; " + "; ".join(parts))
+    wrong = {
+        f"{k} {tuple(v.shape)} vs {tuple(model_state[k].shape)}"
+        for k, v in state.items()
+        if v.shape != model_state[k].shape
+    }
+    if wrong:
+        raise HqtdError(f"{path}: shape mismatch (file vs model): {_listed(wrong)}")
+
+
+def load_weights(
+    model: nn.Module, path: str | Path, *, strict_heads: bool = True, entry: str = "ema"
+) -> None:
+    """Load a checkpoint of any supported kind (module docstring) into ``model`` in place.
+
+    Args:
+        model: a :class:`~hqtd.models.deeplabv2.DeepLabV2`.
+        path: the file.
+        strict_heads: if False, head weights in the file are ignored and the model's heads kept
+            (backbone-only initialisation from any file).
+        entry: which weights of an hqtd training checkpoint to take, ``"ema"`` or ``"model"``.
+
+    Raises:
+        HqtdError: a missing or unreadable file, or weights that do not fit: the message lists the
+            unexpected, missing or mis-shaped keys.
+    """
+    path = Path(path)
+    state, native = _unwrap(_read(path), path, entry)
+    with_heads = True
+    if not native:
+        aspp_branches = len(model.head_main.branches)
+        state, with_heads = _to_hqtd(state, aspp_branches)
+    if not strict_heads:
+        state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
+        with_heads = False
+    model_state = model.state_dict()
+    state = _select_rows(state, model_state)
+    _check(state, model_state, with_heads, path)
+    model.load_state_dict(state, strict=False)
