@@ -1,0 +1,572 @@
+"""One training run: source-only, oracle or adaptation (METHOD.md §3-4), resumable and DDP-ready.
+
+``hqtd train benchmark=B method=V seed=K run_dir=DIR`` calls :func:`train`. Rerunning the same
+command resumes from ``DIR/checkpoints/last.pt`` and produces the same logs, checkpoints and metrics
+as an uninterrupted run on CPU: the data order, the augmentations and the step's random draws are
+pure functions of (seed, iteration), so a resume needs no iterator state, and the global RNG states
+are saved in every checkpoint. Under ``torchrun --nproc_per_node=N`` the same command trains with
+DistributedDataParallel (gloo on CPU, NCCL on CUDA); only rank 0 writes files.
+
+Run directory: ``config.yaml``, ``train_log.jsonl`` (loss terms and lr every ``train.log_every``
+iterations), ``val_log.jsonl`` (EMA mIoU and per-class IoU on target val every
+``train.eval_every``), ``checkpoints/last.pt`` and ``checkpoints/best.pt``, and ``done`` at the
+end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from hqtd.adapt.ema import ModelEMA
+from hqtd.adapt.step import adaptation_step, supervised_step
+from hqtd.config import Config, DatasetConfig, Stage, from_yaml, to_yaml
+from hqtd.data.datasets import SegmentationDataset
+from hqtd.errors import HqtdError
+from hqtd.evaluate import (
+    autocast,
+    evaluate_model,
+    images_to_float,
+    resolve_device,
+    score_summary,
+    selection_score,
+)
+from hqtd.io import atomic_path, write_text
+from hqtd.models.checkpoints import load_weights
+from hqtd.models.deeplabv2 import build_model
+
+CHECKPOINT_FORMAT = "hqtd-train-v1"
+#: Settings that may change between a run and its resume: they do not change the results.
+RESUMABLE_KEYS = ("train.device", "train.num_workers", "train.threads")
+# Independent random streams derived from the run's seed.
+SOURCE_STREAM, TARGET_STREAM, STEP_STREAM = 1, 2, 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedule
+
+
+def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
+    """Poly decay ``base_lr * (1 - iteration / total) ** power`` (METHOD.md §2), iteration >= 0."""
+    return base_lr * (1.0 - iteration / total) ** power
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed set-up
+
+
+@dataclass
+class Runtime:
+    """Where this process trains: its device and its place among the DDP processes."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(config: Config) -> Runtime:
+    """Pick the device, set threads and determinism, and join the process group under torchrun."""
+    device = resolve_device(config.train.device)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    if device.type == "cpu":  # CUDA stays non-deterministic (atomics in upsampling backward)
+        torch.use_deterministic_algorithms(True)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Runtime(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device, dist.get_rank(), world_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reproducible data streams
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed that is a pure function of integer ``keys`` (well mixed by SeedSequence)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> 1)
+
+
+class BatchStream(Sampler):
+    """Endless ``(index, item_seed)`` keys for one rank, a pure function of the run's seed.
+
+    The global stream concatenates permutations of the dataset, epoch ``e`` drawn from a generator
+    seeded by (seed, stream, e). Iteration ``k`` of rank ``r`` reads stream positions
+    ``[(k * world + r) * batch, ... + batch)``, so every batch is full, ranks never overlap, and a
+    resume at iteration ``k`` needs no saved state. Each position also carries the seed of its
+    augmentation (see :class:`SeededItems`).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        stream: int,
+        start_iteration: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.size, self.batch_size, self.seed, self.stream = size, batch_size, seed, stream
+        self.start_iteration, self.rank, self.world_size = start_iteration, rank, world_size
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, self.stream, 0, epoch))
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, order = -1, torch.empty(0, dtype=torch.long)
+        iteration = self.start_iteration
+        while True:
+            first = (iteration * self.world_size + self.rank) * self.batch_size
+            for position in range(first, first + self.batch_size):
+                if position // self.size != epoch:
+                    epoch = position // self.size
+                    order = self.permutation(epoch)
+                item_seed = derive_seed(self.seed, self.stream, 1, position)
+                yield int(order[position % self.size]), item_seed
+            iteration += 1
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Seed Python's, NumPy's and torch's CPU global RNGs for the block, then restore them."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+class SeededItems(Dataset):
+    """A dataset read with keys ``(index, item_seed)``: the item's random augmentation (flip,
+    blur) is drawn from global RNGs seeded by ``item_seed``. The same key gives the same sample in
+    any process, so DataLoader workers need no seeding of their own and resumes are exact."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, item_seed = key
+        with seeded_global_rngs(item_seed):
+            return self.dataset[index]
+
+
+def batches(
+    dataset: Dataset,
+    stream: int,
+    start_iteration: int,
+    config: Config,
+    runtime: Runtime,
+) -> Iterator[dict]:
+    """Endless batches of ``dataset`` for this rank from ``start_iteration`` on (BatchStream)."""
+    sampler = BatchStream(
+        len(dataset),
+        config.train.batch_size,
+        config.seed,
+        stream,
+        start_iteration,
+        runtime.rank,
+        runtime.world_size,
+    )
+    loader = DataLoader(
+        SeededItems(dataset),
+        batch_size=config.train.batch_size,
+        sampler=sampler,
+        num_workers=config.train.num_workers,
+        pin_memory=runtime.device.type == "cuda",
+        # Its own generator: creating the iterator must not draw from the global RNG.
+        generator=torch.Generator().manual_seed(derive_seed(config.seed, stream, 2)),
+    )
+    return iter(loader)
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
+    """Batch from the loader -> image float (B,3,H,W) in [0,1] and label int64 (B,H,W) on device."""
+    return {
+        "image": images_to_float(batch["image"], device, channels_last),
+        "label": batch["label"].to(device, non_blocking=True),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states (Python, NumPy, torch CPU, CUDA), in types ``weights_only`` loads."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, key.tolist(), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` saved (CUDA only when both then and now have a GPU)."""
+    random.setstate(states["python"])
+    kind, key, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically write a training checkpoint (a kill leaves the previous file intact)."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **state, "rng": rng_states()}, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; anything else is an HqtdError."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError) as error:
+        raise HqtdError(f"{path}: unreadable checkpoint: {str(error).splitlines()[0]}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise HqtdError(f"{path}: not an hqtd training checkpoint (format {CHECKPOINT_FORMAT})")
+    return checkpoint
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directory
+
+
+def config_differences(saved: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs, except :data:`RESUMABLE_KEYS`."""
+
+    def flat(config: Config) -> dict[str, Any]:
+        container = OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)
+        return _flatten(container)
+
+    old, now = flat(saved), flat(new)
+    keys = sorted(set(old) | set(now))
+    return [k for k in keys if old.get(k) != now.get(k) and k not in RESUMABLE_KEYS]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def truncate_log(path: Path, iteration: int) -> None:
+    """Keep the JSON lines of ``path`` up to ``iteration`` (drops what a killed run logged after
+    its last checkpoint, and a partly written last line), so a resumed log equals an uninterrupted
+    one."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record["iteration"] <= iteration:
+            kept.append(line + "\n")
+    write_text(path, "".join(kept))
+
+
+def append_log(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line (flushed: a kill loses at most this line, which a resume drops)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+def check_stage(config: Config) -> None:
+    """Refuse stage/benchmark combinations that cannot run, before anything is written."""
+    stage = config.method.stage
+    if stage is Stage.oracle and not config.benchmark.mini:
+        raise HqtdError(
+            f"method={config.method.name}: the oracle trains on target labels and runs only on "
+            f"mini benchmarks (benchmark={config.benchmark.name} has benchmark.mini=false)"
+        )
+    if stage is Stage.adapt:
+        init = config.train.init_checkpoint
+        if init is None:
+            raise HqtdError(
+                f"method={config.method.name}: adaptation starts from a source-only checkpoint; "
+                "set train.init_checkpoint=FILE"
+            )
+        if not Path(init).is_file():
+            raise HqtdError(f"train.init_checkpoint={init}: file not found")
+
+
+def initial_model(config: Config) -> nn.Module:
+    """The network before training: seeded from config.seed (identical on every rank), then the
+    source-only checkpoint (adaptation) or the ImageNet init (source-only / oracle) if any."""
+    torch.manual_seed(config.seed)
+    if config.method.stage is not Stage.adapt:
+        return build_model(config.model)  # loads model.init when set
+    model = build_model(dataclasses.replace(config.model, init=None))  # overwritten right away
+    load_weights(model, config.train.init_checkpoint)
+    return model
+
+
+def stage_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset | None]:
+    """The labelled training set of the stage and, for adaptation, the unlabelled target set."""
+    bench = config.benchmark
+
+    def dataset(spec: DatasetConfig, size: tuple[int, int]) -> SegmentationDataset:
+        return SegmentationDataset(
+            spec.root, spec.split, tuple(size), bench.num_classes, train=True
+        )
+
+    if config.method.stage is Stage.source_only:
+        return dataset(bench.source, bench.source_size), None
+    if config.method.stage is Stage.oracle:
+        return dataset(bench.target, bench.target_size), None
+    return dataset(bench.source, bench.source_size), dataset(bench.target, bench.target_size)
+
+
+def total_iterations(config: Config) -> int:
+    if config.method.stage is Stage.adapt:
+        return config.train.iterations
+    return config.train.source_only_iterations
+
+
+def prepare_run_dir(config: Config, runtime: Runtime) -> dict[str, Any] | None:
+    """Check a resumed run's saved config, load its last checkpoint, write ``config.yaml``.
+
+    Returns:
+        the last checkpoint, or None for a fresh run.
+    """
+    run_dir = Path(config.run_dir)
+    saved = run_dir / "config.yaml"
+    last = run_dir / "checkpoints" / "last.pt"
+    checkpoint = None
+    if last.exists():
+        if saved.exists():
+            differing = config_differences(from_yaml(saved), config)
+            if differing:
+                raise HqtdError(
+                    f"{run_dir}: holds a run with a different configuration "
+                    f"({', '.join(differing)}); use another run_dir or delete this one"
+                )
+        checkpoint = load_checkpoint(last)
+    if runtime.is_main:
+        write_text(saved, to_yaml(config))
+        start = checkpoint["iteration"] if checkpoint else 0
+        truncate_log(run_dir / "train_log.jsonl", start)
+        truncate_log(run_dir / "val_log.jsonl", start)
+    return checkpoint
+
+
+def train(config: Config) -> None:
+    """Train one run as configured; resume from ``run_dir/checkpoints/last.pt`` when present.
+
+    Raises:
+        HqtdError: a stage the benchmark cannot run, a missing or mismatched initial checkpoint,
+            a run_dir holding a different configuration, or a non-finite loss.
+    """
+    run_dir = Path(config.run_dir)
+    if (run_dir / "done").exists():
+        differing = config_differences(from_yaml(run_dir / "config.yaml"), config)
+        if differing:
+            raise HqtdError(
+                f"{run_dir}: holds a finished run with different {', '.join(differing)}"
+            )
+        print(f"{run_dir}: run complete, nothing to do")
+        return
+    check_stage(config)
+    runtime = setup_runtime(config)
+    try:
+        run(config, runtime)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def build_optimizer(model: nn.Module, config: Config) -> tuple[torch.optim.SGD, list[float]]:
+    """SGD with momentum and weight decay over the model's groups (heads at ``head_lr_mult``·lr).
+
+    Returns:
+        the optimiser and each group's base learning rate (the poly schedule scales these).
+    """
+    tc = config.train
+    groups = model.param_groups(tc.lr, tc.head_lr_mult)
+    optimizer = torch.optim.SGD(
+        groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
+    )
+    return optimizer, [group["lr"] for group in groups]
+
+
+def distribute(model: nn.Module, runtime: Runtime) -> nn.Module:
+    """The module the step calls: ``model`` itself, or under DDP a DistributedDataParallel wrapper
+    (with SyncBatchNorm on CUDA; the wrapped parameters are ``model``'s own)."""
+    if runtime.world_size == 1:
+        return model
+    if runtime.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DistributedDataParallel(model, device_ids=[runtime.device])
+    return DistributedDataParallel(model)
+
+
+def validate(ema: ModelEMA, val_set: Dataset, config: Config, runtime: Runtime) -> dict[str, Any]:
+    """Per-class IoU and mIoU (percent) of the EMA weights on target val, paper protocol."""
+    if runtime.world_size > 1:  # without SyncBatchNorm BN statistics differ per rank: use rank 0's
+        for buffer in ema.module.buffers():
+            dist.broadcast(buffer, 0)
+    conf = evaluate_model(
+        ema.module,
+        val_set,
+        config.benchmark.num_classes,
+        device=runtime.device,
+        precision=config.train.precision,
+        channels_last=config.train.channels_last,
+        num_workers=config.train.num_workers,
+    )
+    return score_summary(conf)
+
+
+def run(config: Config, runtime: Runtime) -> None:
+    """The training loop (see :func:`train`)."""
+    tc, device, run_dir = config.train, runtime.device, Path(config.run_dir)
+    checkpoint = prepare_run_dir(config, runtime)
+    total = total_iterations(config)
+
+    # Model, EMA (evaluation always uses the EMA weights, in every stage) and optimiser.
+    model = initial_model(config)
+    ema = ModelEMA(model, config.method.ema_decay)
+    memory_format = torch.channels_last if tc.channels_last else torch.preserve_format
+    model.to(device, memory_format=memory_format)
+    ema.module.to(device, memory_format=memory_format)
+    optimizer, base_lrs = build_optimizer(model, config)
+    start, best_score = 0, -math.inf
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        ema.load_state_dict(checkpoint["ema"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_states(checkpoint["rng"])
+        start, best_score = checkpoint["iteration"], checkpoint["best_score"]
+    student = distribute(model, runtime)
+
+    def state(iteration: int) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "iteration": iteration,
+            "best_score": best_score,
+        }
+
+    # Data: the labelled stream (source; target for the oracle), the unlabelled target stream.
+    labelled_set, target_set = stage_datasets(config)
+    labelled = batches(labelled_set, SOURCE_STREAM, start, config, runtime)
+    target = batches(target_set, TARGET_STREAM, start, config, runtime) if target_set else None
+    val_set = SegmentationDataset(
+        config.benchmark.target_val.root,
+        config.benchmark.target_val.split,
+        tuple(config.benchmark.target_size),  # the paper protocol: labels resized too
+        config.benchmark.num_classes,
+        train=False,
+    )
+    generator = torch.Generator(device)
+
+    progress = tqdm(
+        range(start, total),
+        initial=start,
+        total=total,
+        desc=f"{config.method.name} seed{config.seed}",
+        disable=None if runtime.is_main else True,  # None: off when stderr is not a terminal
+        mininterval=5.0,
+    )
+    for iteration in progress:
+        lr_scale = poly_lr(1.0, iteration, total, tc.poly_power)
+        for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base_lr * lr_scale
+        # Every random draw of the step comes from (seed, rank, iteration): resumes are exact.
+        generator.manual_seed(derive_seed(config.seed, STEP_STREAM, runtime.rank, iteration))
+        batch = to_device(next(labelled), device, tc.channels_last)
+        with autocast(device, tc.precision):
+            if target is None:
+                result = supervised_step(student, batch, tc.aux_weight)
+            else:
+                target_batch = to_device(next(target), device, tc.channels_last)
+                result = adaptation_step(student, ema, batch, target_batch, config, generator)
+        check_finite(result.loss, result.terms, iteration + 1, runtime)
+        optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        optimizer.step()
+        ema.update(model)
+
+        done = iteration + 1  # iterations completed
+        if done % tc.log_every == 0 and runtime.is_main:
+            record = {"iteration": done, "lr": base_lrs[0] * lr_scale, **result.terms}
+            append_log(run_dir / "train_log.jsonl", record)
+            progress.set_postfix({k: f"{v:.3f}" for k, v in result.terms.items()}, refresh=False)
+        if done % tc.eval_every == 0 or done == total:
+            scores = validate(ema, val_set, config, runtime)
+            if runtime.is_main:
+                append_log(run_dir / "val_log.jsonl", {"iteration": done, **scores})
+                tqdm.write(f"iteration {done}: EMA mIoU {scores['mIoU']} (percent) on target val")
+            if selection_score(scores) > best_score:
+                best_score = selection_score(scores)
+                if runtime.is_main:
+                    save_checkpoint(run_dir / "checkpoints" / "best.pt", state(done))
+        if (done % tc.checkpoint_every == 0 or done == total) and runtime.is_main:
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", state(done))
+    progress.close()
+    if runtime.is_main:
+        write_text(run_dir / "done", f"finished {total} iterations\n")
+
+
+def check_finite(
+    loss: torch.Tensor, terms: dict[str, float], iteration: int, runtime: Runtime
+) -> None:
+    """Stop on a non-finite loss before it reaches the weights (the last checkpoint stays good).
+
+    Under DDP the verdict is shared, so every rank stops together instead of hanging.
+    """
+    bad = [name for name, value in terms.items() if not math.isfinite(value)]
+    if not bad and not torch.isfinite(loss.detach()).item():
+        bad = ["total loss"]
+    flag = torch.tensor([float(bool(bad))], device=runtime.device)
+    if runtime.world_size > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() > 0:
+        where = ", ".join(bad) if bad else "on another process"
+        raise HqtdError(
+            f"iteration {iteration}: non-finite loss ({where}); stopped, the last checkpoint is "
+            "kept — lower train.lr or check the data"
+        )
