@@ -1,1 +1,1 @@
-"""The adaptation method of METHOD.md §4-§5: one pure function per step, composed in :mod:`.step`."""
+"""The adaptation method of METHOD.md §4-§5: one function per step, composed in :mod:`.step`."""

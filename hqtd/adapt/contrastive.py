@@ -42,19 +42,17 @@ class _PairedInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: Tensor, tau: float, block_rows: int) -> Tensor:
+        rows, half = z.shape[0], z.shape[0] // 2
         with torch.autocast(device_type=z.device.type, enabled=False):
-            half = z.shape[0] // 2
             lse = torch.cat(
                 [
-                    torch.logsumexp(
-                        _block_logits(z, start, min(start + block_rows, 2 * half), tau), dim=1
-                    )
-                    for start in range(0, 2 * half, block_rows)
+                    torch.logsumexp(_block_logits(z, start, min(start + block_rows, rows), tau), 1)
+                    for start in range(0, rows, block_rows)
                 ]
             )
             # S_{k,π(k)} is the same for k and π(k): each positive pair counts twice.
             positive = (z[:half] * z[half:]).sum() / tau
-            loss = (lse.sum() - 2 * positive) / (2 * half)
+            loss = (lse.sum() - 2 * positive) / rows
         ctx.save_for_backward(z, lse)
         ctx.tau, ctx.block_rows = tau, block_rows
         return loss
@@ -173,6 +171,7 @@ def prototype_contrastive_loss(
     """
     num_classes = strong_logits.shape[1]
     both = torch.cat([strong_logits, weak_logits], dim=1).flatten(2).transpose(1, 2)  # (B, N, 2C)
+    both = both.to(torch.promote_types(both.dtype, torch.float32))  # class sums in bf16 lose digits
     images = range(1 if first_image_only else both.shape[0])
     total = strong_logits.new_zeros(())
     for image in images:

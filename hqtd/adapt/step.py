@@ -1,0 +1,313 @@
+"""One training iteration: the supervised stages (METHOD.md §3) and the adaptation step (§4, §5).
+
+:func:`adaptation_step` composes the per-step functions of this package in the authors' order:
+
+    1  L_src on the full source images                       forward: source (grad)
+    2  weak/strong 512² views of source and target
+    3  ŷ^t on the full target images, cropped like W          forward: target (no grad)
+    4  ClassMix: paste source classes into both target views
+    7  L_st, L_st,aux on the mixed strong view                forward: x̃^{t,s} (grad)
+    5  p^w on the mixed weak view → M^t, y^w, y^{w,aux}       forward: x̃^{t,w} (grad if 9/10 on)
+    §5 M^t of the unmixed weak crop                          forward: x^{t,w} (no grad, edge only)
+    6  L_mix on the target→source image                       forward: x^{ts} (grad)
+    8-10 y^c, L_pix, L_proto from the stride-8 logits ẑ of the two mixed views
+    11 the weighted total (:func:`loss_weights`)
+
+Each forward pass is its own call, as in the authors' code: BatchNorm trains with batch statistics,
+so concatenating e.g. x̃^{t,s} and x^{ts} into one call would normalise each with the statistics of
+both and change the method. The weak view's ẑ is computed once and serves steps 5, 7, 9 and 10; it
+only carries a graph when a contrastive loss needs it (the CE targets derived from it are detached).
+The no-grad pseudo-label passes (step 3 and §5) use the EMA copy when
+``method.pseudo_label_model`` is ``ema``; p^w (step 5) always comes from the student, whose gradient
+the contrastive losses need.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hqtd.adapt.contrastive import pixel_contrastive_loss, prototype_contrastive_loss
+from hqtd.adapt.edges import boundary_band
+from hqtd.adapt.ema import ModelEMA
+from hqtd.adapt.mixing import classmix_masks, contrastive_labels, mix, target_to_source
+from hqtd.adapt.pseudo import aux_pseudo_labels, confident_labels, pseudo_labels
+from hqtd.config import Config, MethodConfig, PseudoLabelModel
+from hqtd.data.labels import IGNORE
+from hqtd.data.transforms import crop_resize, sample_crop_boxes, strong_augment
+
+if TYPE_CHECKING:
+    from hqtd.models.deeplabv2 import SegOutput
+
+
+class StepResult(NamedTuple):
+    """What a training step returns.
+
+    Attributes:
+        loss: the total loss, a scalar tensor with gradient (the caller runs backward).
+        terms: unweighted values of every loss term computed, plus ``"total"``.
+    """
+
+    loss: Tensor
+    terms: dict[str, float]
+
+
+class Views(NamedTuple):
+    """Step 2: the weak and strong crops of a batch and the crop of its labels."""
+
+    weak: Tensor  # (B, 3, S, S) float in [0, 1]
+    strong: Tensor  # (B, 3, S, S), the weak crop plus photometric augmentation
+    label: Tensor  # (B, S, S) int64
+
+
+def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean pixel CE over the non-ignored pixels; 0 when every pixel is ignored (e.g. empty band).
+
+    Args:
+        logits: (B, C, H, W).
+        target: (B, H, W) int64 with ``IGNORE`` = 255.
+    """
+    total = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
+    return total / (target != IGNORE).sum().clamp_min(1)
+
+
+def make_views(image: Tensor, label: Tensor, size: int, generator: torch.Generator) -> Views:
+    """Step 2: one random resized crop per image (weak view) and its strong augmentation.
+
+    Args:
+        image: (B, 3, H, W) float in [0, 1].
+        label: (B, H, W) int64 (ground truth, or pseudo-labels for the target).
+        size: crop side S (512 in the paper).
+        generator: draws the boxes and the augmentation.
+    """
+    batch, _, height, width = image.shape
+    boxes = sample_crop_boxes(batch, height, width, generator)
+    weak = crop_resize(image, boxes, size, "bilinear")
+    return Views(weak, strong_augment(weak, generator), crop_resize(label, boxes, size, "nearest"))
+
+
+def _result(loss: Tensor, terms: dict[str, Tensor]) -> StepResult:
+    """Pack the loss and its terms; one device sync for all the floats."""
+    names = [*terms, "total"]
+    values = torch.stack([value.detach().float() for value in (*terms.values(), loss)]).tolist()
+    return StepResult(loss, dict(zip(names, values, strict=True)))
+
+
+def supervised_step(model: nn.Module, batch: dict[str, Tensor], aux_weight: float) -> StepResult:
+    """Source-only / oracle stages (METHOD.md §3.1): ``CE(z(x), y) + aux_weight·CE(a(x), y)``.
+
+    Args:
+        model: returns ``SegOutput(main, aux, main_small)`` for (B, 3, H, W) images in [0, 1].
+        batch: ``image`` (B, 3, H, W) float, ``label`` (B, H, W) int64 (255 = ignore).
+        aux_weight: weight of the aux head (0.1).
+
+    Returns:
+        The loss and the terms ``ce``, ``ce_aux``, ``total``.
+    """
+    out = model(batch["image"])
+    terms = {
+        "ce": cross_entropy(out.main, batch["label"]),
+        "ce_aux": cross_entropy(out.aux, batch["label"]),
+    }
+    return _result(terms["ce"] + aux_weight * terms["ce_aux"], terms)
+
+
+def loss_weights(method: MethodConfig, aux_weight: float) -> dict[str, float]:
+    """Step 11 (and §5): the weight of every loss term in the total.
+
+    ``L = L_src + a·L_src,aux + λ_st(L_st + λ_aux L_st,aux) + λ_mix L_mix + λ_cl(L_pix + L_proto)``
+    where a = ``train.aux_weight``; edge enhancement adds
+    ``λ_st(L_st,edge + λ_aux L_st,aux,edge) + λ_mix·λ_mix L_mix,edge``.
+    """
+    return {
+        "src": 1.0,
+        "src_aux": aux_weight,
+        "st": method.lambda_st,
+        "st_aux": method.lambda_st * method.lambda_aux,
+        "mix": method.lambda_mix,
+        "pix": method.lambda_cl,
+        "proto": method.lambda_cl,
+        "st_edge": method.lambda_st,
+        "st_aux_edge": method.lambda_st * method.lambda_aux,
+        "mix_edge": method.lambda_mix * method.lambda_mix,
+    }
+
+
+def total_loss(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
+    """Step 11: the weighted sum of the terms that were computed."""
+    return sum(weights[name] * value for name, value in terms.items())
+
+
+class MixedTarget(NamedTuple):
+    """Steps 2-4: the source views, the ClassMix mask and the mixed target views."""
+
+    source: Views  # x^{s,w}, x^{s,s}, y^s
+    target_weak: Tensor  # x^{t,w} before pasting (B, 3, S, S)
+    source_mask: Tensor  # M^s (B, S, S) bool
+    weak: Tensor  # x̃^{t,w}
+    strong: Tensor  # x̃^{t,s}
+    label: Tensor  # ỹ^t (B, S, S)
+
+
+def mixed_target_views(
+    teacher: nn.Module,
+    source: dict[str, Tensor],
+    target: dict[str, Tensor],
+    method: MethodConfig,
+    crop_size: int,
+    generator: torch.Generator,
+) -> MixedTarget:
+    """Steps 2-4: crop both batches, pseudo-label the full target images, ClassMix source→target.
+
+    ``x̃^{t,v} = M^s·x^{s,w} + (1−M^s)·x^{t,v}`` for v ∈ {w, s}, ``ỹ^t = M^s·y^s + (1−M^s)·ŷ^t``.
+    Without self-training M^s is empty and the target views are left as they are.
+    """
+    src = make_views(source["image"], source["label"], crop_size, generator)
+    with torch.no_grad():
+        target_pseudo = pseudo_labels(teacher(target["image"]).main)
+    tgt = make_views(target["image"], target_pseudo, crop_size, generator)
+    if method.self_training:
+        source_mask = classmix_masks(src.label, generator, method.quirk_classmix_offset)
+    else:
+        source_mask = torch.zeros_like(src.label, dtype=torch.bool)
+    return MixedTarget(
+        source=src,
+        target_weak=tgt.weak,
+        source_mask=source_mask,
+        weak=mix(source_mask, src.weak, tgt.weak),
+        strong=mix(source_mask, src.weak, tgt.strong),
+        label=mix(source_mask, src.label, tgt.label),
+    )
+
+
+def self_training_terms(
+    out_strong: SegOutput, out_weak: SegOutput, views: MixedTarget, edge: bool
+) -> dict[str, Tensor]:
+    """Step 7 (and the §5 band of M^s): CE on the mixed strong view.
+
+    ``L_st = CE(z(x̃^{t,s}), ỹ^t)``, ``L_st,aux = CE(a(x̃^{t,s}), y^{w,aux})``; with ``edge`` the same
+    two losses restricted to the band of the pasted source mask.
+    """
+    aux_label = aux_pseudo_labels(out_weak.main.detach(), out_weak.aux.detach())
+    terms = {
+        "st": cross_entropy(out_strong.main, views.label),
+        "st_aux": cross_entropy(out_strong.aux, aux_label),
+    }
+    if edge:
+        off_band = ~boundary_band(views.source_mask)
+        terms["st_edge"] = cross_entropy(out_strong.main, views.label.masked_fill(off_band, IGNORE))
+        terms["st_aux_edge"] = cross_entropy(
+            out_strong.aux, aux_label.masked_fill(off_band, IGNORE)
+        )
+    return terms
+
+
+def target_to_source_terms(
+    student: nn.Module,
+    teacher: nn.Module,
+    views: MixedTarget,
+    weak_mask: Tensor,
+    weak_label: Tensor,
+    method: MethodConfig,
+) -> dict[str, Tensor]:
+    """Step 6 (and §5): ``L_mix = CE(z(x^{ts}), y^{ts})`` on the target→source image.
+
+    With ``method.edge`` the pasted mask is ``M^t ∪ M^s`` where M^t comes from a no-grad prediction
+    on the unmixed weak crop, y^s labels M^s, and ``L_mix,edge`` is the CE on the band of that M^t
+    outside M^s. ``quirk_t2s_first_image`` keeps image 0 only, for both (all images are forwarded).
+    """
+    src, source_mask = views.source, views.source_mask
+    paste_mask, paste_label = weak_mask, weak_label
+    if method.edge:
+        with torch.no_grad():
+            crop_probs = teacher(views.target_weak).main.softmax(dim=1)
+        crop_mask, crop_label = confident_labels(crop_probs, method.t_max)
+        paste_mask = crop_mask | source_mask
+        paste_label = mix(source_mask, src.label, crop_label)
+    x_ts, y_ts = target_to_source(paste_mask, views.strong, paste_label, src.strong, src.label)
+    logits = student(x_ts).main
+    kept = 1 if method.quirk_t2s_first_image else len(y_ts)
+    terms = {"mix": cross_entropy(logits[:kept], y_ts[:kept])}
+    if method.edge:
+        off_band = ~(boundary_band(crop_mask) & ~source_mask)
+        terms["mix_edge"] = cross_entropy(logits[:kept], y_ts.masked_fill(off_band, IGNORE)[:kept])
+    return terms
+
+
+def contrastive_terms(
+    out_strong: SegOutput,
+    out_weak: SegOutput,
+    views: MixedTarget,
+    weak_label: Tensor,
+    method: MethodConfig,
+) -> dict[str, Tensor]:
+    """Steps 8-10: pixel and prototype InfoNCE on the stride-8 logits ẑ of the two mixed views."""
+    terms = {}
+    if method.pixel:
+        terms["pix"] = pixel_contrastive_loss(
+            out_strong.main_small, out_weak.main_small, method.tau_pix
+        )
+    if method.proto:
+        size = out_strong.main_small.shape[-2:]
+        labels = contrastive_labels(views.source_mask, views.source.label, weak_label, size)
+        terms["proto"] = prototype_contrastive_loss(
+            out_strong.main_small,
+            out_weak.main_small,
+            labels,
+            method.tau_proto,
+            method.quirk_proto_first_image,
+        )
+    return terms
+
+
+def adaptation_step(
+    student: nn.Module,
+    ema: ModelEMA,
+    source: dict[str, Tensor],
+    target: dict[str, Tensor],
+    cfg: Config,
+    generator: torch.Generator,
+) -> StepResult:
+    """METHOD.md §4 steps 1-11 (and §5 when ``method.edge``), as switched by ``cfg.method``.
+
+    Args:
+        student: the model being trained (train mode); returns ``SegOutput``.
+        ema: the EMA copy; used only when ``method.pseudo_label_model`` is ``ema``.
+        source: ``image`` (B, 3, H, W) float in [0, 1], ``label`` (B, H, W) int64.
+        target: ``image`` (B, 3, H', W') float in [0, 1] (no label needed).
+        cfg: ``method`` switches and weights, ``benchmark.crop_size``, ``train.aux_weight``.
+        generator: every random draw of the step (crops, augmentation, ClassMix).
+
+    Returns:
+        The total loss (with gradient) and the unweighted terms that were computed: ``src`` and
+        ``src_aux`` always; ``st``, ``st_aux`` (self-training); ``mix`` (t2s); ``pix``; ``proto``;
+        ``st_edge``, ``st_aux_edge`` (edge with self-training), ``mix_edge`` (edge with t2s).
+    """
+    method = cfg.method
+    weights = loss_weights(method, cfg.train.aux_weight)
+    out_src = student(source["image"])  # step 1
+    terms = {
+        "src": cross_entropy(out_src.main, source["label"]),
+        "src_aux": cross_entropy(out_src.aux, source["label"]),
+    }
+    contrastive = method.pixel or method.proto
+    if not (method.self_training or method.t2s or contrastive):
+        return _result(total_loss(terms, weights), terms)
+
+    teacher = ema.module if method.pseudo_label_model is PseudoLabelModel.ema else student
+    views = mixed_target_views(teacher, source, target, method, cfg.benchmark.crop_size, generator)
+    # Forward order as the authors': strong view, then weak view (steps 7 and 5).
+    out_strong = student(views.strong) if method.self_training or contrastive else None
+    with torch.set_grad_enabled(contrastive and torch.is_grad_enabled()):
+        out_weak = student(views.weak)
+    weak_mask, weak_label = confident_labels(out_weak.main.detach().softmax(dim=1), method.t_max)
+    if method.self_training:
+        terms |= self_training_terms(out_strong, out_weak, views, method.edge)
+    if method.t2s:
+        terms |= target_to_source_terms(student, teacher, views, weak_mask, weak_label, method)
+    if contrastive:
+        terms |= contrastive_terms(out_strong, out_weak, views, weak_label, method)
+    return _result(total_loss(terms, weights), terms)
