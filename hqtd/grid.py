@@ -120,13 +120,16 @@ class Run:
         source = self.source_run
         return None if source is None else source.run_dir / "checkpoints" / "last.pt"
 
-    def train_overrides(self, grid_overrides: tuple[str, ...] = ()) -> list[str]:
+    def train_overrides(
+        self, data_root: str = "data", grid_overrides: tuple[str, ...] = ()
+    ) -> list[str]:
         """The ``hqtd train`` arguments of this run (the grid's overrides come last)."""
         args = [
             f"benchmark={self.benchmark}",
             f"method={self.method}",
             f"seed={self.seed}",
             f"run_dir={self.run_dir}",
+            f"data_root={data_root}",
         ]
         if self.init_checkpoint is not None:
             args.append(f"train.init_checkpoint={self.init_checkpoint}")
@@ -201,8 +204,8 @@ def load_grid(name: str | None = None, path: Path = GRID_FILE) -> Grid:
         raise HqtdError(f"{path}: unknown grid {name!r}; available: {', '.join(grids)}")
     spec = grids[name]
     where = f"{path}: grid {name!r}"
-    keys = ("benchmarks", "supervised", "adapted", "seeds", "overrides", "target", "datasets")
-    missing = [key for key in (*keys, "synth") if key not in spec]
+    keys = ("benchmarks", "supervised", "adapted", "methods", "seeds", "overrides", "target")
+    missing = [key for key in (*keys, "datasets", "synth") if key not in spec]
     if missing:
         raise HqtdError(f"{where}: missing key(s) {', '.join(missing)}")
     grid = Grid(
@@ -217,6 +220,8 @@ def load_grid(name: str | None = None, path: Path = GRID_FILE) -> Grid:
         synth=tuple(spec["synth"]),
     )
     _check(grid, where)
+    if list(spec["methods"]) != list(grid.methods):
+        raise HqtdError(f"{where}: methods must be supervised + adapted: {list(grid.methods)}")
     return grid
 
 
@@ -234,6 +239,12 @@ def _check(grid: Grid, where: str) -> None:
     if grid.adapted and "source_only" not in grid.supervised:
         raise HqtdError(f"{where}: adapted methods start from source_only, add it to supervised")
     infos = [benchmark(name) for name in grid.benchmarks]
+    for info in infos:  # dvc.yaml names a run's source data after its benchmark
+        if info.source != info.name:
+            raise HqtdError(
+                f"{where}: benchmark {info.name!r} must read data/prepared/{info.name} "
+                f"as its source, not {info.source}"
+            )
     targets = {info.target for info in infos}
     if targets != {grid.target}:
         raise HqtdError(
@@ -247,6 +258,21 @@ def _check(grid: Grid, where: str) -> None:
     synthesized = any(dataset.startswith(MINI_PREFIX) for dataset in used)
     if list(grid.synth) != (["mini"] if synthesized else []):
         raise HqtdError(f"{where}: synth must be {'[mini]' if synthesized else '[]'}")
+
+
+def protocols(path: Path = GRID_FILE) -> list[str]:
+    """The evaluation protocols every run is evaluated under (``protocols`` of the grid file).
+
+    Raises:
+        HqtdError: the list is missing or names a protocol without ``params/protocol/<name>.yaml``.
+    """
+    names = _read_grids(path).get("protocols")
+    if not isinstance(names, list) or not names:
+        raise HqtdError(f"{path}: expected a non-empty list 'protocols'")
+    for name in names:
+        if not (PARAMS_DIR / "protocol" / f"{name}.yaml").is_file():
+            raise HqtdError(f"{path}: protocol {name!r} unknown ({_available('protocol')})")
+    return [str(name) for name in names]
 
 
 def runs(grid: str | None = None) -> list[Run]:

@@ -6,7 +6,15 @@ import pytest
 import yaml
 
 from hqtd.errors import HqtdError
-from hqtd.grid import GRID_FILE, Run, default_grid_name, grid_names, load_grid, runs
+from hqtd.grid import (
+    GRID_FILE,
+    Run,
+    default_grid_name,
+    grid_names,
+    load_grid,
+    protocols,
+    runs,
+)
 
 ALL_VARIANTS = ["source_only", "oracle", "baseline", "t2s", "pixel", "proto", "full",
                 "full_edge", "official"]  # fmt: skip
@@ -51,18 +59,20 @@ def test_run_dir_datasets_and_source_run():
 
 
 def test_train_overrides_name_the_run_and_end_with_the_grid_overrides():
-    args = Run("gta5", "t2s", 1).train_overrides(("train.iterations=5",))
+    args = Run("gta5", "t2s", 1).train_overrides("/data", ("train.iterations=5",))
     assert args == [
         "benchmark=gta5",
         "method=t2s",
         "seed=1",
         "run_dir=results/runs/gta5/t2s/seed1",
+        "data_root=/data",
         "train.init_checkpoint=results/runs/gta5/source_only/seed1/checkpoints/last.pt",
         "train.iterations=5",
     ]
-    assert Run("gta5", "source_only", 0).train_overrides()[-1] == (
-        "run_dir=results/runs/gta5/source_only/seed0"
-    )
+    assert Run("gta5", "source_only", 0).train_overrides()[-2:] == [
+        "run_dir=results/runs/gta5/source_only/seed0",
+        "data_root=data",
+    ]
     assert load_grid("demo").overrides[0] == "train.iterations=300"
 
 
@@ -92,6 +102,10 @@ def _variant(tmp_path: Path, edit) -> Path:
         (lambda d: d["grids"]["demo"]["datasets"].pop("mini_synthia"), "datasets must be"),
         (lambda d: d["grids"]["demo"].update(synth=[]), r"synth must be \[mini\]"),
         (lambda d: d["grids"]["demo"].pop("seeds"), "missing key"),
+        (
+            lambda d: d["grids"]["demo"].update(methods=["full", "source_only"]),
+            r"supervised \+ adapted",
+        ),
         (lambda d: d["grids"]["demo"].update(adapted=["fulll"]), "method 'fulll'.*available"),
         (lambda d: d["grids"]["demo"].update(benchmarks=["mini_cs"]), "benchmark 'mini_cs'"),
     ],
@@ -107,3 +121,9 @@ def test_default_must_alias_a_grid(tmp_path):
         load_grid(None, path)
     # Naming the grid explicitly does not consult `default`.
     assert load_grid("mini", path).name == "mini"
+
+
+def test_protocols_are_listed_once_for_every_grid(tmp_path):
+    assert protocols() == ["paper", "strict"]
+    with pytest.raises(HqtdError, match="protocol 'fast' unknown"):
+        protocols(_variant(tmp_path, lambda d: d.update(protocols=["paper", "fast"])))

@@ -1,0 +1,125 @@
+"""The three views of the experiment DAG agree: hqtd.grid, dvc.yaml and the Snakemake workflow.
+
+For the default grid, the training and evaluation commands that Snakemake would run (its dry-run)
+and the stage commands and outputs DVC expands from dvc.yaml are the same set, and both equal what
+hqtd.grid enumerates. Also: `snakemake --lint` is clean, and the conda environment pins the same
+versions as pyproject.toml.
+"""
+
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hqtd.grid import load_grid, protocols
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+REDIRECT = re.compile(r"\s*>\s*\S+\s+2>&1\s*$")
+
+
+def normalise(command: str) -> str:
+    """A command without its log redirection, with --workers N dropped (cores differ per host)."""
+    words = shlex.split(REDIRECT.sub("", command))
+    if "--workers" in words:
+        i = words.index("--workers")
+        del words[i : i + 2]
+    return " ".join(words)
+
+
+def expected_commands() -> set[str]:
+    """Every command of the default grid's DAG, built from hqtd.grid alone."""
+    grid = load_grid()
+    commands = {
+        "hqtd tables --out results/tables --grid " + grid.name,
+        "hqtd figures --out results/figures --grid " + grid.name,
+    }
+    if grid.synth:
+        commands.add("hqtd synth --out data/raw")
+    for dataset, fmt in grid.datasets.items():
+        commands.add(f"hqtd prepare {fmt} --root data/raw/{dataset} --out data/prepared/{dataset}")
+    for run in grid.runs():
+        commands.add("hqtd train " + " ".join(run.train_overrides("data", grid.overrides)))
+        for protocol in protocols():
+            commands.add(f"hqtd evaluate run_dir={run.run_dir} protocol={protocol}")
+    return commands
+
+
+def expected_metrics() -> set[str]:
+    return {f"{r.run_dir}/eval/{p}/metrics.json" for r in load_grid().runs() for p in protocols()}
+
+
+@pytest.fixture(scope="module")
+def snakemake_jobs() -> list[dict[str, str]]:
+    """The jobs of `snakemake -n -p` (default target, default grid): rule, output, shell command."""
+    result = subprocess.run(
+        [BIN / "snakemake", "-n", "-p", "--forceall", "--cores", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    jobs, job = [], None
+    for line in result.stdout.splitlines():
+        if line.startswith("rule "):
+            job = {"rule": line[5:].rstrip(":")}
+            jobs.append(job)
+        elif job is not None and line.strip().startswith("output: "):
+            job["output"] = line.strip()[len("output: ") :]
+        elif job is not None and line.startswith("Shell command: ") and job["rule"] != "all":
+            job["shell"] = line[len("Shell command: ") :]
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def dvc_stages() -> list:
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return [(stage.name, stage.cmd, [(str(o), o.metric) for o in stage.outs])
+                for stage in repo.index.stages]  # fmt: skip
+
+
+def test_snakemake_runs_exactly_the_grids_commands(snakemake_jobs):
+    commands = {normalise(job["shell"]) for job in snakemake_jobs if "shell" in job}
+    assert commands == expected_commands()
+    metrics = {
+        path
+        for job in snakemake_jobs
+        if job["rule"] == "evaluate"
+        for path in job["output"].split(", ")
+        if path.endswith("metrics.json")
+    }
+    assert metrics == expected_metrics()
+    trained = {job["output"] for job in snakemake_jobs if job["rule"] == "train"}
+    assert trained == {f"{run.run_dir}/done" for run in load_grid().runs()}
+
+
+def test_dvc_stages_run_exactly_the_grids_commands(dvc_stages):
+    assert {normalise(cmd) for _, cmd, _ in dvc_stages} == expected_commands()
+    metrics = {path for _, _, outs in dvc_stages for path, is_metric in outs if is_metric}
+    assert metrics == expected_metrics()
+    names = [name for name, _, _ in dvc_stages]
+    assert len(names) == len(set(names)) == len(expected_commands())
+
+
+def test_snakemake_lint_is_clean():
+    result = subprocess.run(
+        [BIN / "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_conda_env_pins_the_project_dependencies():
+    env = yaml.safe_load((ROOT / "workflow/envs/hqtd.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert sorted(pip) == sorted(project["dependencies"])
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    assert python.startswith("python=3.11")

@@ -1,0 +1,79 @@
+# Targets and per-job settings, all derived from params/grid.yaml through hqtd.grid (no rules here).
+import shlex
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from hqtd.grid import MINI_PREFIX, Run, benchmark, dataset_format, load_grid, protocols
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+GRID = load_grid(config.get("grid"))
+RUNS = GRID.runs()
+PROTOCOLS = protocols()
+DATA_ROOT = config["data_root"]
+RAW = f"{DATA_ROOT}/raw"
+PREPARED = f"{DATA_ROOT}/prepared"
+# Wildcard patterns of one run's directory; Run.run_dir spells out the same layout.
+RUN_DIR = "results/runs/{benchmark}/{method}/seed{seed}"
+TABLES = "results/tables"
+FIGURES = "results/figures"
+ENV = "../envs/hqtd.yaml"  # relative to the rule files
+
+
+wildcard_constraints:
+    dataset="|".join(GRID.datasets),
+    benchmark="|".join(GRID.benchmarks),
+    method="|".join(GRID.methods),
+    seed=r"\d+",
+    protocol="|".join(PROTOCOLS),
+
+
+def run_of(wildcards) -> Run:
+    return Run(wildcards.benchmark, wildcards.method, int(wildcards.seed))
+
+
+def is_mini(wildcards) -> bool:
+    """Resources follow the benchmark kind: the mini benchmark on CPU, the real ones on GPUs."""
+    if hasattr(wildcards, "benchmark"):
+        return benchmark(wildcards.benchmark).mini
+    if hasattr(wildcards, "dataset"):
+        return wildcards.dataset.startswith(MINI_PREFIX)
+    return any(benchmark(name).mini for name in GRID.benchmarks)
+
+
+def resource(step: str, key: str):
+    """threads/resources callable: params/workflow.yaml resources.<kind>.<step>.<key>."""
+
+    def lookup(wildcards):
+        return config["resources"]["mini" if is_mini(wildcards) else "real"][step][key]
+
+    return lookup
+
+
+def prepared(dataset: str) -> str:
+    return f"{PREPARED}/{dataset}"
+
+
+def train_inputs(wildcards) -> dict[str, str]:
+    """The run's prepared datasets and, for adaptation, the finished source-only run."""
+    run = run_of(wildcards)
+    source, target = run.datasets
+    inputs = {"source": prepared(source), "target": prepared(target)}
+    if run.source_run is not None:
+        inputs["init"] = f"{run.source_run.run_dir}/done"
+    return inputs
+
+
+def train_args(wildcards) -> str:
+    """hqtd train overrides: the run, the data root, train.init_checkpoint, the grid's overrides."""
+    return shlex.join(run_of(wildcards).train_overrides(DATA_ROOT, GRID.overrides))
+
+
+def metrics_files() -> list[str]:
+    return [f"{run.run_dir}/eval/{p}/metrics.json" for run in RUNS for p in PROTOCOLS]
+
+
+def done_files() -> list[str]:
+    return [f"{run.run_dir}/done" for run in RUNS]
