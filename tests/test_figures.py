@@ -1,0 +1,120 @@
+"""hqtd figures: deterministic PNGs from real (tiny) runs, predictions that match the evaluation,
+validation curves and IoU bars from hand-made inputs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hqtd.config import load_config
+from hqtd.data.prepare import prepare
+from hqtd.data.synth import Counts, generate
+from hqtd.errors import HqtdError
+from hqtd.evaluate import evaluate_command
+from hqtd.metrics import confusion_counts
+from hqtd.report.figures import (
+    DPI,
+    featured_method,
+    iou_bars,
+    predict,
+    read_val_log,
+    val_curves,
+    write_figures,
+)
+from hqtd.report.tables import RunScores
+from hqtd.train import train
+
+TINY = [
+    "benchmark=mini_gta5",
+    "benchmark.source_size=[64,36]",
+    "benchmark.target_size=[64,32]",
+    "benchmark.crop_size=32",
+    "model.mini_width=8",
+    "train.threads=1",
+    "train.eval_every=1",
+    "train.iterations=2",
+    "train.source_only_iterations=2",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """results/runs of mini_gta5 with source_only seeds 0, 1 and full seed 0 (2 iterations each),
+    evaluated under the paper protocol."""
+    root = tmp_path_factory.mktemp("figures")
+    generate(root / "raw", seed=0, counts=Counts(2, 2, 2, 3), workers=1)
+    for name, kind in (("mini_gta5", "gta5"), ("mini_cityscapes", "cityscapes")):
+        prepare(kind, root / "raw" / name, root / "prepared" / name, workers=1)
+    runs = root / "runs"
+    common = [f"data_root={root}", *TINY]
+    for seed in (0, 1):
+        run_dir = runs / "mini_gta5" / "source_only" / f"seed{seed}"
+        train(load_config([*common, "method=source_only", f"seed={seed}", f"run_dir={run_dir}"]))
+    init = runs / "mini_gta5" / "source_only" / "seed0" / "checkpoints" / "last.pt"
+    full = runs / "mini_gta5" / "full" / "seed0"
+    train(load_config([*common, "method=full", f"run_dir={full}", f"train.init_checkpoint={init}"]))
+    for run_dir in sorted(runs.glob("*/*/seed*")):
+        evaluate_command([f"run_dir={run_dir}", "protocol=paper"])
+    return runs
+
+
+def test_figures_are_written_and_byte_stable(runs, tmp_path):
+    first = write_figures(runs, tmp_path / "a")
+    names = ["iou_mini_gta5.png", "curves_mini_gta5.png", "qualitative_mini_gta5.png"]
+    assert [p.name for p in first] == names
+    second = write_figures(runs, tmp_path / "b")
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    with Image.open(first[0]) as png:
+        assert png.size == (10 * DPI, int(3.6 * DPI))
+        assert "Software" not in png.info
+
+
+def test_panel_is_skipped_without_checkpoints(runs, tmp_path, capsys):
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy, ignore=shutil.ignore_patterns("*.pt"))
+    written = write_figures(copy, tmp_path / "out")
+    assert [p.name for p in written] == ["iou_mini_gta5.png", "curves_mini_gta5.png"]
+    assert "qualitative panel skipped" in capsys.readouterr().out
+
+
+def test_predictions_reproduce_the_paper_protocol_confusion(runs):
+    run_dir = runs / "mini_gta5" / "full" / "seed0"
+    images, labels, preds, classes = predict(run_dir, "paper", [0, 1, 2])
+    assert classes == 19 and images[0].shape == (32, 64, 3) and images[0].dtype == np.uint8
+    conf = sum(confusion_counts(p, y, 19).numpy() for p, y in zip(preds, labels, strict=True))
+    assert np.array_equal(conf, np.load(run_dir / "eval" / "paper" / "confusion.npy"))
+
+
+def test_featured_method_prefers_full_then_the_last_adaptation():
+    assert featured_method(["source_only", "baseline", "full", "official"]) == "full"
+    assert featured_method(["source_only", "oracle", "baseline", "t2s"]) == "t2s"
+    assert featured_method(["source_only", "oracle"]) is None
+
+
+def test_val_curves_average_seeds_at_common_iterations():
+    curves = {"full": [[(100, 10.0), (200, 30.0)], [(100, 20.0), (200, 50.0), (300, 60.0)]]}
+    line = val_curves(curves, "mini_gta5").axes[0].lines[0]
+    assert line.get_xydata().tolist() == [[100.0, 15.0], [200.0, 40.0]]
+
+
+def test_iou_bars_are_seed_means():
+    def scores(method, seed, iou):
+        return RunScores("b", method, seed, "paper", "best", 1, ("road", "sky"), iou, {})
+
+    runs = [scores("source_only", 0, (10.0, 40.0)), scores("source_only", 1, (20.0, 60.0)),
+            scores("full", 0, (30.0, float("nan")))]  # fmt: skip
+    ax = iou_bars(runs, "b", "paper", ["source_only", "full"]).axes[0]
+    heights = [patch.get_height() for patch in ax.patches]
+    assert heights[:2] == [15.0, 50.0]
+    assert heights[2] == 30.0 and np.isnan(heights[3])
+
+
+def test_bad_val_log_line_names_the_file_and_line(tmp_path):
+    log = tmp_path / "val_log.jsonl"
+    log.write_text(json.dumps({"iteration": 1, "mIoU": 5.0}) + "\n{not json\n")
+    with pytest.raises(HqtdError, match=r"val_log.jsonl:2: expected a JSON object"):
+        read_val_log(log)
