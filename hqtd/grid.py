@@ -147,7 +147,8 @@ class Grid:
     seeds: tuple[int, ...]
     overrides: tuple[str, ...]
     target: str
-    datasets: dict[str, str]
+    datasets: dict[str, str]  # dataset -> hqtd prepare format
+    prepare_args: dict[str, tuple[str, ...]]  # dataset -> extra hqtd prepare options
     synth: tuple[str, ...]
 
     @property
@@ -208,6 +209,10 @@ def load_grid(name: str | None = None, path: Path = GRID_FILE) -> Grid:
     missing = [key for key in (*keys, "datasets", "synth") if key not in spec]
     if missing:
         raise HqtdError(f"{where}: missing key(s) {', '.join(missing)}")
+    if not all(
+        isinstance(entry, dict) and "format" in entry for entry in spec["datasets"].values()
+    ):
+        raise HqtdError(f"{where}: each of datasets must be {{format: FORMAT, args: OPTIONS}}")
     grid = Grid(
         name=name,
         benchmarks=tuple(spec["benchmarks"]),
@@ -216,7 +221,11 @@ def load_grid(name: str | None = None, path: Path = GRID_FILE) -> Grid:
         seeds=tuple(int(seed) for seed in spec["seeds"]),
         overrides=tuple(shlex.split(spec["overrides"] or "")),
         target=spec["target"],
-        datasets=dict(spec["datasets"]),
+        datasets={name: entry["format"] for name, entry in spec["datasets"].items()},
+        prepare_args={
+            name: tuple(shlex.split(entry.get("args") or ""))
+            for name, entry in spec["datasets"].items()
+        },
         synth=tuple(spec["synth"]),
     )
     _check(grid, where)
@@ -254,7 +263,7 @@ def _check(grid: Grid, where: str) -> None:
     used = {info.source for info in infos} | targets
     expected = {dataset: dataset_format(dataset) for dataset in sorted(used)}
     if grid.datasets != expected:
-        raise HqtdError(f"{where}: datasets must be {expected}, got {grid.datasets}")
+        raise HqtdError(f"{where}: datasets and formats must be {expected}, got {grid.datasets}")
     synthesized = any(dataset.startswith(MINI_PREFIX) for dataset in used)
     if list(grid.synth) != (["mini"] if synthesized else []):
         raise HqtdError(f"{where}: synth must be {'[mini]' if synthesized else '[]'}")

@@ -42,7 +42,8 @@ def expected_commands() -> set[str]:
     if grid.synth:
         commands.add("hqtd synth --out data/raw")
     for dataset, fmt in grid.datasets.items():
-        commands.add(f"hqtd prepare {fmt} --root data/raw/{dataset} --out data/prepared/{dataset}")
+        args = [fmt, "--root", f"data/raw/{dataset}", "--out", f"data/prepared/{dataset}"]
+        commands.add(" ".join(["hqtd", "prepare", *args, *grid.prepare_args[dataset]]))
     for run in grid.runs():
         commands.add("hqtd train " + " ".join(run.train_overrides("data", grid.overrides)))
         for protocol in protocols():

@@ -99,7 +99,8 @@ def _variant(tmp_path: Path, edit) -> Path:
         ),
         (lambda d: d["grids"]["demo"].update(supervised=["oracle"]), "add it to supervised"),
         (lambda d: d["grids"]["demo"].update(benchmarks=["mini_gta5", "gta5"]), "target must be"),
-        (lambda d: d["grids"]["demo"]["datasets"].pop("mini_synthia"), "datasets must be"),
+        (lambda d: d["grids"]["demo"]["datasets"].pop("mini_synthia"), "datasets and formats"),
+        (lambda d: d["grids"]["demo"]["datasets"].update(mini_gta5="gta5"), "format: FORMAT"),
         (lambda d: d["grids"]["demo"].update(synth=[]), r"synth must be \[mini\]"),
         (lambda d: d["grids"]["demo"].pop("seeds"), "missing key"),
         (
@@ -127,3 +128,15 @@ def test_protocols_are_listed_once_for_every_grid(tmp_path):
     assert protocols() == ["paper", "strict"]
     with pytest.raises(HqtdError, match="protocol 'fast' unknown"):
         protocols(_variant(tmp_path, lambda d: d.update(protocols=["paper", "fast"])))
+
+
+def test_prepare_args_are_split_per_dataset(tmp_path):
+    def edit(data):
+        data["grids"]["paper"]["datasets"]["gta5"]["args"] = (
+            "--split-list ids.txt --resize 1280x720"
+        )
+
+    paper = load_grid("paper", _variant(tmp_path, edit))
+    assert paper.prepare_args["gta5"] == ("--split-list", "ids.txt", "--resize", "1280x720")
+    assert paper.prepare_args["cityscapes"] == ()
+    assert paper.datasets == {"gta5": "gta5", "synthia": "synthia", "cityscapes": "cityscapes"}

@@ -31,12 +31,10 @@ import pandas as pd
 from tabulate import tabulate
 
 from hqtd.errors import HqtdError
-from hqtd.grid import grid_names, load_grid
+from hqtd.grid import grid_names, load_grid, protocols
 from hqtd.io import write_text
 from hqtd.metrics import iou_per_class, summary
 
-#: Protocols in table order; others follow alphabetically.
-PROTOCOL_ORDER = ("paper", "strict")
 #: Cityscapes val mIoUs the paper reports (METHOD.md §7, DeepLab-V2 R101, the paper's protocol).
 REPORTED: dict[str, dict[str, dict[str, float]]] = {
     "gta5": {
@@ -136,6 +134,12 @@ def _preferred_orders(grid: str | None) -> tuple[list[str], list[str]]:
     return benchmarks, [m for g in grids for m in g.methods]
 
 
+def _named_by(metrics_path: Path) -> tuple[str, str, str, str]:
+    """(benchmark, method, seed<k>, protocol) that a ``.../eval/<protocol>/metrics.json`` names."""
+    benchmark, method, seed, _, protocol, _ = metrics_path.parts[-6:]
+    return benchmark, method, seed, protocol
+
+
 def collect(runs: Path, grid: str | None = None) -> list[RunScores]:
     """Every evaluated run under ``runs`` (only the grid's runs when ``grid`` is given), in table
     order: benchmark and method in grid order, then protocol, then seed.
@@ -146,20 +150,17 @@ def collect(runs: Path, grid: str | None = None) -> list[RunScores]:
     paths = sorted(runs.glob("*/*/seed*/eval/*/metrics.json"))
     if grid is not None:
         wanted = {(r.benchmark, r.method, f"seed{r.seed}") for r in load_grid(grid).runs()}
-        paths = [p for p in paths if tuple(p.parts[-6:-3]) in wanted]
+        paths = [p for p in paths if _named_by(p)[:3] in wanted]
     if not paths:
         raise HqtdError(f"{runs}: no */*/seed*/eval/*/metrics.json found (run hqtd evaluate first)")
     scores = [read_run(path) for path in paths]
     for path, s in zip(paths, scores, strict=True):
-        if (s.benchmark, s.method, f"seed{s.seed}", s.protocol) != (
-            *path.parts[-6:-3],
-            path.parts[-2],
-        ):
+        if (s.benchmark, s.method, f"seed{s.seed}", s.protocol) != _named_by(path):
             raise HqtdError(f"{path}: describes {s.benchmark}/{s.method}/seed{s.seed}/{s.protocol}")
     bench_order, method_order = _preferred_orders(grid)
     bench_rank = {b: i for i, b in enumerate(_order((s.benchmark for s in scores), bench_order))}
     method_rank = {m: i for i, m in enumerate(_order((s.method for s in scores), method_order))}
-    proto_rank = {p: i for i, p in enumerate(_order((s.protocol for s in scores), PROTOCOL_ORDER))}
+    proto_rank = {p: i for i, p in enumerate(_order((s.protocol for s in scores), protocols()))}
     return sorted(
         scores,
         key=lambda s: (
@@ -290,7 +291,7 @@ def build_tables(scores: list[RunScores]) -> list[Table]:
     lookup = _value_lookup(scores)
     benchmarks = list(dict.fromkeys(s.benchmark for s in scores))
     methods = list(dict.fromkeys(s.method for s in scores))
-    protocols = _order((s.protocol for s in scores), PROTOCOL_ORDER)
+    protocol_names = _order((s.protocol for s in scores), protocols())
     names = {s.benchmark: s.class_names for s in scores}
     metrics = {b: list(headline_metrics(len(names[b]))) for b in benchmarks}
     tables = []
@@ -310,15 +311,15 @@ def build_tables(scores: list[RunScores]) -> list[Table]:
         tables.append(Table(name, _caption(title, rows), "method", tuple(labels), tuple(rows)))
 
     for bench in benchmarks:
-        for proto in protocols:
+        for proto in protocol_names:
             columns = [(bench, proto, c) for c in (*names[bench], *metrics[bench])]
             title = f"{bench}, {proto} protocol: per-class IoU (%)"
             add(f"perclass_{bench}_{proto}", title, columns, [c for _, _, c in columns])
-    for proto in protocols:
+    for proto in protocol_names:
         columns = [(b, proto, m) for b in benchmarks for m in metrics[b]]
         title = f"Ablation, {proto} protocol: mIoU (%)"
         add(f"ablation_{proto}", title, columns, [f"{b} {m}" for b, _, m in columns])
-    columns = [(b, p, m) for b in benchmarks for m in metrics[b] for p in protocols]
+    columns = [(b, p, m) for b in benchmarks for m in metrics[b] for p in protocol_names]
     title = "Summary: mIoU (%) under each protocol"
     add("summary", title, columns, [f"{b} {m} ({p})" for b, p, m in columns])
     return tables

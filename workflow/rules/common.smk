@@ -1,13 +1,24 @@
 # Targets and per-job settings, all derived from params/grid.yaml through hqtd.grid (no rules here).
+import os
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from hqtd.grid import MINI_PREFIX, Run, benchmark, dataset_format, load_grid, protocols
+from hqtd.grid import MINI_PREFIX, Run, benchmark, load_grid, protocols
 
 
 validate(config, "../schemas/config.schema.yaml")
+
+
+# Jobs call the `hqtd` installed next to the Python running Snakemake, so `.venv/bin/snakemake`
+# works without an activated venv (with --use-conda the job's environment comes first).
+envvars:
+    "PATH",
+
+
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 GRID = load_grid(config.get("grid"))
 RUNS = GRID.runs()

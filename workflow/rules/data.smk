@@ -27,7 +27,8 @@ rule prepare:
     output:
         prepared=directory(f"{PREPARED}/{{dataset}}"),
     params:
-        format=lambda wildcards: dataset_format(wildcards.dataset),
+        format=lambda wildcards: GRID.datasets[wildcards.dataset],
+        args=lambda wildcards: shlex.join(GRID.prepare_args[wildcards.dataset]),
     log:
         "logs/prepare_{dataset}.log",
     conda:
@@ -39,4 +40,4 @@ rule prepare:
         runtime=resource("prepare", "runtime"),
     shell:
         "hqtd prepare {params.format} --root {input.raw} --out {output.prepared}"
-        " --workers {threads} > {log} 2>&1"
+        " --workers {threads} {params.args} > {log} 2>&1"
