@@ -155,16 +155,16 @@ class BatchStream(Sampler):
 @contextlib.contextmanager
 def seeded_global_rngs(seed: int) -> Iterator[None]:
     """Seed Python's, NumPy's and torch's CPU global RNGs for the block, then restore them."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)  # the CPU generator only (data loading is on CPU)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
 
 
 class SeededItems(Dataset):
@@ -409,10 +409,12 @@ def train(config: Config) -> None:
         print(f"{run_dir}: run complete, nothing to do")
         return
     check_stage(config)
+    deterministic = torch.are_deterministic_algorithms_enabled()
     runtime = setup_runtime(config)
     try:
         run(config, runtime)
     finally:
+        torch.use_deterministic_algorithms(deterministic)  # leave the caller's process as it was
         if dist.is_initialized():
             dist.destroy_process_group()
 

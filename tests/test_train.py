@@ -326,6 +326,15 @@ def test_oracle_trains_on_target_labels(data_root: Path, tmp_path: Path):
     assert (tmp_path / "done").is_file()
 
 
+def test_bf16_and_channels_last_run_on_cpu(data_root: Path, tmp_path: Path):
+    args = ["method=source_only", "train.source_only_iterations=2", "train.eval_every=2"]
+    fast = ["train.precision=bf16", "train.channels_last=true"]
+    train(load_config(run_args(data_root, tmp_path, *args, *fast)))
+    log = read_jsonl(tmp_path / "train_log.jsonl")
+    assert all(np.isfinite(r["total"]) for r in log) and len(log) == 2
+    assert read_jsonl(tmp_path / "val_log.jsonl")[0]["mIoU"] is not None
+
+
 def test_rerun_of_a_finished_run_does_nothing(data_root: Path, source_checkpoint: Path, capsys):
     run_dir = source_checkpoint.parent.parent
     before = source_checkpoint.stat().st_mtime_ns
