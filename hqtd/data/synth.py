@@ -1,0 +1,1185 @@
+"""Embedded mini benchmark (``hqtd synth``): procedural street scenes in the real on-disk formats.
+
+The three domains share one scene grammar, drawn with a pinhole camera over a flat ground so that
+an object's size follows its depth: a road with lanes between sidewalks, rows of buildings with
+windows, walls and fences along the sidewalks, poles carrying traffic lights and signs, trees and
+grass, vehicles in the lanes, people on the sidewalks, riders in the outer lane. Every class has a
+characteristic shape and place, so shape and layout are predictive in every domain. What differs
+is what adaptation has to bridge:
+
+- appearance: per-class colours and textures, sun versus overcast shading, exposure, saturation,
+  noise, blur and (target only) JPEG artefacts, with look-alikes across domains: the target's
+  sidewalk is as dark as the source's road, its terrain as green as the source's vegetation, its
+  building façades as pale as the source's trucks;
+- geometry: camera height, pitch (horizon row), yaw, focal length, lane and sidewalk widths;
+- class frequencies: the GTA5-like source has more cars and trucks, the Cityscapes-like target
+  more people, riders and bicycles; the SYNTHIA-like source has no terrain, truck or train.
+
+Files follow the layouts of GTA5, SYNTHIA-RAND-CITYSCAPES and Cityscapes (see
+:mod:`hqtd.data.formats`), so ``hqtd prepare`` reads them with the code that reads the real
+datasets. Every image is drawn from its own generator seeded with ``[seed, stream, index]``: the
+files do not depend on the number of workers, and the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.typing import ArrayLike
+from PIL import Image
+
+from hqtd.data.labels import CITYSCAPES_ID_TO_TRAINID, PALETTE, SYNTHIA_ID_TO_TRAINID
+from hqtd.errors import HqtdError
+from hqtd.io import write_bytes, write_json
+
+#: Stored in each dataset's ``.complete`` marker; bump it when the drawing changes so that
+#: ``generate`` redraws folders written by an older version.
+GENERATOR_VERSION = 1
+
+# Scene codes: the trainIds 0..18, then pixel kinds that the formats label as void (lane markings:
+# road in GTA5 / Cityscapes, their own void class in SYNTHIA).
+(ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY,
+ PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE) = range(19)  # fmt: skip
+LANE, RAIL, STATIC, EGO, UNLABELED = range(19, 24)
+NUM_CODES = 24
+
+_CITYSCAPES_ID = {train_id: raw for raw, train_id in CITYSCAPES_ID_TO_TRAINID.items()}
+_SYNTHIA_ID = {train_id: raw for raw, train_id in SYNTHIA_ID_TO_TRAINID.items()}
+#: Scene code -> Cityscapes labelId (GTA5 uses the same ids): lane marking -> road (7), rail track
+#: (10), static (4), ego vehicle (1), unlabeled (0).
+CITYSCAPES_IDS = np.array([_CITYSCAPES_ID[t] for t in range(19)] + [7, 10, 4, 1, 0], np.uint8)
+#: Scene code -> SYNTHIA class id: lane marking (22); the other void kinds are void (0).
+SYNTHIA_IDS = np.array([_SYNTHIA_ID[t] for t in range(19)] + [22, 0, 0, 0, 0], np.uint16)
+
+Z_NEAR = 0.5  # m: ground polygons start here, so no projected point lies behind the camera
+Z_FAR = 400.0  # m: the ground ends here, about a pixel below the horizon
+_SHIFT = 4  # cv2 fixed-point bits: vertices are placed with 1/16-pixel precision
+RGB = tuple[float, float, float]
+Range = tuple[float, float]
+
+
+# ------------------------------------------------------------------------------------------------
+# What distinguishes the domains
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Camera and street-layout distributions (each range is a uniform draw)."""
+
+    size: tuple[int, int]  # (W, H) of the written images
+    focal: Range  # focal length in units of the image width
+    elevation: Range  # camera height above the ground (m)
+    horizon: Range  # horizon row in units of the image height (the camera pitch)
+    yaw: float  # std of the camera yaw (rad): moves the vanishing point sideways
+    lanes: tuple[int, int]  # inclusive range of the number of lanes
+    lane_width: Range
+    sidewalk: Range
+    setback: Range  # from the sidewalk's outer edge to the building fronts
+    storeys: tuple[int, int]  # inclusive range of building storeys (3 m each)
+    hood: float  # ego-vehicle bonnet height in units of the image height (0: none)
+
+
+@dataclass(frozen=True)
+class Population:
+    """Poisson means of object counts per image, and per-place probabilities."""
+
+    cars: float
+    parked_cars: float
+    trucks: float
+    buses: float
+    tram: float  # probability of a tram (train) on rails
+    pedestrians: float
+    riders: float
+    motorbike_share: float  # fraction of riders and parked two-wheelers on motorcycles
+    parked_bikes: float
+    bins: float  # street furniture labelled void
+    tree_rows: float  # probability that a side of the street is lined with trees
+    verge: float  # probability of grass (terrain) between a sidewalk and the buildings
+    strip: float  # probability of a grass strip along a curb (trees then stand in it)
+    gap: float  # probability of a gap after each building
+    wall: float  # probability of a wall for each segment along the sidewalk's outer edge
+    fence: float
+    light: float  # probability that a pole carries a traffic light
+    sign: float  # probability that a pole carries a sign
+    crossing: float  # probability of a zebra crossing
+
+
+@dataclass(frozen=True)
+class Style:
+    """Appearance: class colours and textures, lighting, and the camera's processing."""
+
+    colours: dict[int, RGB]  # base colour per scene code
+    facades: tuple[RGB, ...]  # building colours, one drawn per building
+    windows: RGB
+    paints: tuple[RGB, ...]  # vehicle colours
+    clothes: tuple[RGB, ...]
+    fine: dict[int, float]  # per-code amplitude of pixel grain
+    blob: dict[int, float]  # per-code amplitude of smooth blotches (foliage, stains)
+    tiles: float  # contrast of the paving grid on sidewalks
+    jitter: float  # std of the per-object colour change
+    shade: float  # brightness of faces turned from the light (1: overcast, no shading)
+    gain: Range  # exposure
+    tint: RGB  # white balance
+    tint_jitter: float  # per-image std of the white balance, relative
+    saturation: Range
+    vignette: float
+    blur: Range  # Gaussian blur sigma (px)
+    noise: float  # sensor noise std (grey levels)
+    jpeg: tuple[int, int] | None  # JPEG quality range; None: lossless
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The distributions of one mini dataset."""
+
+    geometry: Geometry
+    population: Population
+    style: Style
+    terrain: bool  # False: grass becomes paving (SYNTHIA labels no terrain)
+
+
+_GTA5_STYLE = Style(
+    colours={
+        ROAD: (78, 78, 84), LANE: (225, 222, 205), SIDEWALK: (186, 176, 160),
+        WALL: (160, 164, 172), FENCE: (128, 92, 58), POLE: (132, 132, 138), LIGHT: (34, 34, 36),
+        SIGN: (205, 40, 35), VEGETATION: (56, 126, 40), TERRAIN: (166, 160, 92),
+        SKY: (92, 150, 228), PERSON: (222, 178, 146), RIDER: (222, 178, 146), RAIL: (70, 58, 50),
+        STATIC: (60, 110, 70), TRAIN: (232, 232, 236), EGO: (30, 30, 30),
+    },
+    facades=((192, 122, 92), (212, 200, 178), (112, 128, 150), (204, 170, 120), (136, 120, 116)),
+    windows=(62, 86, 118),
+    paints=((200, 30, 30), (30, 70, 190), (236, 200, 40), (236, 236, 236), (26, 26, 30),
+            (40, 150, 60), (236, 120, 30), (140, 140, 150)),
+    clothes=((200, 40, 40), (40, 80, 200), (240, 220, 60), (240, 240, 240), (40, 40, 40),
+             (60, 160, 80)),
+    fine={ROAD: 6, SIDEWALK: 4, BUILDING: 7, WALL: 2, TERRAIN: 4, VEGETATION: 8, FENCE: 4},
+    blob={ROAD: 4, BUILDING: 4, VEGETATION: 26, TERRAIN: 6, SKY: 3},
+    tiles=0.16, jitter=10.0, shade=0.68, gain=(0.75, 1.2), tint=(1.06, 1.0, 0.92),
+    tint_jitter=0.06, saturation=(0.8, 1.3), vignette=0.0, blur=(0.0, 0.0), noise=1.5,
+    jpeg=None,
+)  # fmt: skip
+
+_SYNTHIA_STYLE = Style(
+    colours={
+        ROAD: (98, 92, 88), LANE: (200, 200, 190), SIDEWALK: (150, 142, 128),
+        WALL: (182, 172, 158), FENCE: (142, 142, 146), POLE: (104, 96, 90), LIGHT: (40, 44, 40),
+        SIGN: (30, 90, 200), VEGETATION: (82, 112, 48), TERRAIN: (82, 112, 48),
+        SKY: (150, 182, 212), PERSON: (200, 160, 130), RIDER: (200, 160, 130),
+        RAIL: (70, 58, 50), STATIC: (120, 100, 80), TRAIN: (200, 200, 200), EGO: (30, 30, 30),
+    },
+    facades=((172, 150, 130), (130, 132, 142), (192, 182, 170), (104, 92, 82), (160, 110, 90)),
+    windows=(90, 110, 130),
+    paints=((150, 30, 40), (40, 60, 120), (210, 210, 200), (60, 60, 64), (180, 140, 40),
+            (70, 110, 130)),
+    clothes=((120, 60, 50), (60, 70, 110), (170, 160, 140), (50, 50, 55), (130, 120, 60)),
+    fine={ROAD: 3, SIDEWALK: 3, BUILDING: 3, VEGETATION: 6, WALL: 3},
+    blob={ROAD: 3, VEGETATION: 16, BUILDING: 6, SIDEWALK: 4},
+    tiles=0.08, jitter=14.0, shade=0.8, gain=(0.55, 1.3), tint=(1.0, 1.0, 1.0),
+    tint_jitter=0.05, saturation=(0.7, 1.1), vignette=0.1, blur=(0.0, 0.6), noise=3.0,
+    jpeg=None,
+)  # fmt: skip
+
+_CITYSCAPES_STYLE = Style(
+    colours={
+        # The sidewalk is about as dark as the source road, the terrain as green as the source
+        # vegetation: a colour-driven source model confuses them, the paving grid, the grain and
+        # the layout still tell them apart.
+        ROAD: (94, 92, 98), LANE: (210, 210, 204), SIDEWALK: (118, 112, 108),
+        WALL: (150, 146, 134), FENCE: (104, 106, 112), POLE: (125, 128, 132), LIGHT: (40, 42, 36),
+        SIGN: (200, 60, 50), VEGETATION: (50, 100, 42), TERRAIN: (100, 150, 50),
+        SKY: (176, 200, 232), PERSON: (210, 170, 146), RIDER: (210, 170, 146),
+        RAIL: (64, 60, 56), STATIC: (110, 112, 116), TRAIN: (230, 220, 190), EGO: (34, 34, 38),
+    },
+    facades=((176, 166, 150), (196, 186, 166), (140, 132, 124), (170, 160, 170), (160, 150, 120)),
+    windows=(48, 54, 62),
+    paints=((96, 96, 100), (24, 24, 28), (210, 210, 212), (40, 52, 90), (160, 160, 166),
+            (110, 30, 30)),
+    clothes=((30, 30, 34), (60, 64, 80), (110, 100, 90), (150, 40, 50), (200, 200, 196)),
+    # Textures swap roles too: walls are grainy and façades smooth, grass is grainy.
+    fine={ROAD: 3, SIDEWALK: 3, WALL: 8, TERRAIN: 12, VEGETATION: 6, BUILDING: 2},
+    blob={ROAD: 10, BUILDING: 8, VEGETATION: 14, TERRAIN: 8, SKY: 6, SIDEWALK: 4},
+    tiles=0.22, jitter=8.0, shade=0.9, gain=(0.9, 1.05), tint=(0.95, 1.0, 1.03),
+    tint_jitter=0.02, saturation=(0.8, 1.0), vignette=0.2, blur=(0.2, 0.6), noise=2.5,
+    jpeg=(40, 70),
+)  # fmt: skip
+
+GTA5 = Domain(
+    geometry=Geometry(
+        size=(256, 144), focal=(0.85, 1.0), elevation=(1.3, 1.9), horizon=(0.42, 0.52),
+        yaw=0.1, lanes=(2, 4), lane_width=(3.3, 3.8), sidewalk=(1.8, 3.5), setback=(0.0, 8.0),
+        storeys=(3, 12), hood=0.0,
+    ),
+    population=Population(
+        cars=5.0, parked_cars=2.0, trucks=1.3, buses=0.5, tram=0.15, pedestrians=2.0,
+        riders=0.8, motorbike_share=0.6, parked_bikes=0.5, bins=1.0, tree_rows=0.4, verge=0.5,
+        strip=0.3, gap=0.3, wall=0.2, fence=0.2, light=0.35, sign=0.5, crossing=0.0,
+    ),
+    style=_GTA5_STYLE,
+    terrain=True,
+)  # fmt: skip
+
+SYNTHIA = Domain(
+    geometry=Geometry(
+        size=(256, 144), focal=(0.7, 0.9), elevation=(2.5, 7.0), horizon=(0.12, 0.32),
+        yaw=0.2, lanes=(2, 5), lane_width=(3.2, 3.8), sidewalk=(3.0, 6.0), setback=(0.0, 4.0),
+        storeys=(3, 10), hood=0.0,
+    ),
+    population=Population(
+        cars=3.0, parked_cars=1.0, trucks=0.0, buses=0.8, tram=0.0, pedestrians=8.0,
+        riders=1.2, motorbike_share=0.5, parked_bikes=0.5, bins=1.0, tree_rows=0.5, verge=0.0,
+        strip=0.0, gap=0.3, wall=0.25, fence=0.25, light=0.4, sign=0.5, crossing=0.3,
+    ),
+    style=_SYNTHIA_STYLE,
+    terrain=False,
+)  # fmt: skip
+
+CITYSCAPES = Domain(
+    geometry=Geometry(
+        size=(256, 128), focal=(1.0, 1.15), elevation=(1.15, 1.35), horizon=(0.36, 0.44),
+        yaw=0.04, lanes=(2, 3), lane_width=(2.8, 3.2), sidewalk=(2.5, 5.0), setback=(0.0, 6.0),
+        storeys=(4, 7), hood=0.1,
+    ),
+    population=Population(
+        cars=2.0, parked_cars=2.0, trucks=0.3, buses=0.3, tram=0.15, pedestrians=6.0,
+        riders=2.0, motorbike_share=0.2, parked_bikes=2.0, bins=1.0, tree_rows=0.5, verge=0.5,
+        strip=0.5, gap=0.3, wall=0.2, fence=0.2, light=0.4, sign=0.5, crossing=0.4,
+    ),
+    style=_CITYSCAPES_STYLE,
+    terrain=True,
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# Camera and canvas
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole camera looking along +z over a flat ground (x right, y up, metres)."""
+
+    width: int
+    height: int
+    focal: float  # px
+    elevation: float  # m above the ground
+    horizon: float  # image row of the horizon
+    centre: float  # image column of the vanishing point
+
+    def project(self, x: ArrayLike, y: ArrayLike, z: ArrayLike) -> np.ndarray:
+        """World points (broadcast together) -> image points (..., 2) as (column, row)."""
+        u = self.centre + self.focal * np.divide(x, z)
+        v = self.horizon + self.focal * np.divide(np.subtract(self.elevation, y), z)
+        if np.shape(u) != np.shape(v):
+            u, v = np.broadcast_arrays(u, v)
+        return np.stack([u, v], axis=-1)
+
+    def ground(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ground (x, z) seen at every pixel centre, (H,W) each; z = Z_FAR from the horizon up."""
+        rows = np.arange(self.height, dtype=np.float32)[:, None] + 0.5
+        cols = np.arange(self.width, dtype=np.float32)[None, :] + 0.5
+        below = np.maximum(rows - self.horizon, self.focal * self.elevation / Z_FAR)
+        z = np.broadcast_to(self.focal * self.elevation / below, (self.height, self.width))
+        return (cols - self.centre) * z / self.focal, z
+
+    def ground_quad(self, x0: float, x1: float, z0: float, z1: float) -> np.ndarray:
+        """The ground rectangle [x0, x1] x [z0, z1] as an image polygon (4, 2)."""
+        return self.project(np.array([x0, x1, x1, x0]), 0.0, np.array([z0, z0, z1, z1]))
+
+    def wall_quad(
+        self, x0: float, x1: float, y0: float, y1: float, z0: float, z1: float
+    ) -> np.ndarray:
+        """The vertical rectangle over the ground segment (x0, z0)-(x1, z1), heights y0..y1."""
+        xs, ys, zs = [x0, x1, x1, x0], [y0, y0, y1, y1], [z0, z1, z1, z0]
+        return self.project(np.array(xs), np.array(ys), np.array(zs))
+
+    def sprite(self, x: float, z: float, points: np.ndarray) -> np.ndarray:
+        """A flat shape facing the camera at (x, z): (..., 2) offsets (lateral, height) in m."""
+        return self.project(x + points[..., 0], points[..., 1], z)
+
+
+def _fixed(points: np.ndarray) -> np.ndarray:
+    """Image points -> cv2's int32 fixed-point coordinates (``_SHIFT`` fractional bits)."""
+    return np.round(points * (1 << _SHIFT)).astype(np.int32)
+
+
+class Canvas:
+    """The layers every primitive is drawn into: RGB (float), scene code, instance id."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.image = np.zeros((height, width, 3), np.float32)
+        self.code = np.zeros((height, width), np.uint8)
+        self.instance = np.zeros((height, width), np.uint16)
+
+    def paint(
+        self,
+        draw: Callable[[np.ndarray, object], object],
+        colour: RGB,
+        code: int | None,
+        instance: int = 0,
+    ) -> None:
+        """Apply one cv2 drawing call to every layer; ``code=None`` paints colour only (a detail
+        such as a window, which keeps the label beneath)."""
+        draw(self.image, tuple(float(c) for c in colour))
+        if code is not None:
+            draw(self.code, int(code))
+            draw(self.instance, int(instance))
+
+    def polygons(
+        self, polys: Iterable[np.ndarray], colour: RGB, code: int | None, instance: int = 0
+    ) -> None:
+        """Fill image polygons, each (N,2), or one (K,N,2) array, in one call."""
+        pts = list(_fixed(polys)) if isinstance(polys, np.ndarray) else [_fixed(p) for p in polys]
+        if pts:
+            self.paint(
+                lambda layer, c: cv2.fillPoly(layer, pts, c, cv2.LINE_8, _SHIFT),
+                colour,
+                code,
+                instance,
+            )
+
+    def disc(
+        self,
+        centre: np.ndarray,
+        radius: float,
+        colour: RGB,
+        code: int | None,
+        instance: int = 0,
+        thickness: int = -1,
+    ) -> None:
+        """A filled disc, or a ring ``thickness`` px wide, around an image point."""
+        c = tuple(int(v) for v in _fixed(centre))
+        r = int(round(max(radius, 0.5) * (1 << _SHIFT)))
+        self.paint(
+            lambda layer, v: cv2.circle(layer, c, r, v, thickness, cv2.LINE_8, _SHIFT),
+            colour,
+            code,
+            instance,
+        )
+
+    def lines(
+        self,
+        segments: np.ndarray,
+        colour: RGB,
+        code: int | None,
+        thickness: float,
+        instance: int = 0,
+    ) -> None:
+        """Line segments (K,2,2), ``thickness`` px wide (at least 1)."""
+        pts = [_fixed(s) for s in segments]
+        width = max(1, int(round(thickness)))
+        self.paint(
+            lambda layer, v: cv2.polylines(layer, pts, False, v, width, cv2.LINE_8, _SHIFT),
+            colour,
+            code,
+            instance,
+        )
+
+    def ellipse(self, centre: np.ndarray, axes: Range, colour: RGB, code: int) -> None:
+        """A filled axis-aligned ellipse with semi-axes ``axes`` (px)."""
+        c = tuple(int(v) for v in _fixed(centre))
+        a = tuple(int(round(v * (1 << _SHIFT))) for v in axes)
+        self.paint(
+            lambda layer, v: cv2.ellipse(layer, c, a, 0, 0, 360, v, -1, cv2.LINE_8, _SHIFT),
+            colour,
+            code,
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Scene layout
+
+
+@dataclass
+class Scene:
+    """One image being drawn: camera, street layout, style, random state and canvas."""
+
+    domain: Domain
+    rng: np.random.Generator
+    cam: Camera
+    road: tuple[float, float]  # x of the left and right road edges
+    walk: tuple[float, float]  # x of the outer sidewalk edges
+    facade: tuple[float, float]  # x of the building fronts
+    lanes: tuple[float, ...]  # x of the lane centres
+    strip: tuple[float, float]  # width of the grass strip along each curb (0: none)
+    tram: float | None  # x of the tram's lane (None: no tram)
+    canvas: Canvas
+    instances: int = 0
+
+    @property
+    def style(self) -> Style:
+        return self.domain.style
+
+    def colour(self, code: int) -> RGB:
+        """The style's colour of ``code`` with a per-object change."""
+        return self.vary(self.style.colours[code])
+
+    def vary(self, base: RGB, scale: float = 1.0) -> RGB:
+        """``base`` with a random change of brightness and a smaller change of hue."""
+        brightness, *hue = self.rng.normal(0, self.style.jitter * scale, 4)
+        return tuple(
+            min(max(b + brightness + 0.3 * h, 0.0), 255.0) for b, h in zip(base, hue, strict=True)
+        )
+
+    def pick(self, palette: tuple[RGB, ...]) -> RGB:
+        """A varied colour from ``palette``."""
+        return self.vary(palette[self.rng.integers(len(palette))])
+
+    def new_instance(self) -> int:
+        """The next instance id (1, 2, ...)."""
+        self.instances += 1
+        return self.instances
+
+    def side(self, s: int) -> int:
+        """Index of the left (s=-1) or right (s=+1) entry of the layout pairs."""
+        return 0 if s < 0 else 1
+
+
+def _sample_scene(domain: Domain, rng: np.random.Generator) -> Scene:
+    """Draw the camera and the street layout; x = 0 is the camera, in one of the lanes."""
+    g, pop = domain.geometry, domain.population
+    width, height = g.size
+    focal = rng.uniform(*g.focal) * width
+    cam = Camera(
+        width=width,
+        height=height,
+        focal=focal,
+        elevation=rng.uniform(*g.elevation),
+        horizon=rng.uniform(*g.horizon) * height,
+        centre=width / 2 + focal * np.tan(rng.normal(0, g.yaw)),
+    )
+    lanes = int(rng.integers(g.lanes[0], g.lanes[1] + 1))
+    lane_width = rng.uniform(*g.lane_width)
+    left = -(rng.integers(lanes) + rng.uniform(0.3, 0.7)) * lane_width
+    road = (left, left + lanes * lane_width)
+    sidewalk = rng.uniform(*g.sidewalk, 2)
+    walk = (road[0] - sidewalk[0], road[1] + sidewalk[1])
+    setback = rng.uniform(*g.setback, 2)
+    facade = (walk[0] - setback[0], walk[1] + setback[1])
+    centres = tuple(road[0] + (i + 0.5) * lane_width for i in range(lanes))
+    # A grass strip leaves at least a metre of the sidewalk to walk on.
+    strip = np.minimum(rng.uniform(1.2, 2.5, 2), sidewalk - 1.0) * (rng.random(2) < pop.strip)
+    tram = centres[rng.integers(lanes)] if rng.random() < pop.tram else None
+    strips = (float(strip[0]), float(strip[1]))
+    return Scene(domain, rng, cam, road, walk, facade, centres, strips, tram, Canvas(width, height))
+
+
+# ------------------------------------------------------------------------------------------------
+# Background: sky, ground, buildings, walls and fences
+
+
+def _draw_sky(scene: Scene) -> None:
+    """A vertical sky gradient with clouds, and the hazy skyline of far buildings at the horizon."""
+    cam, canvas, rng = scene.cam, scene.canvas, scene.rng
+    base = np.asarray(scene.colour(SKY), np.float32)
+    rows = np.arange(cam.height, dtype=np.float32)[:, None, None]
+    canvas.image[:] = base * (0.8 + 0.35 * np.clip(rows / max(cam.horizon, 1.0), 0, 1))
+    canvas.code[:] = SKY
+    for _ in range(rng.poisson(2.0)):
+        centre = np.array([rng.uniform(0, cam.width), rng.uniform(0, max(cam.horizon * 0.7, 1))])
+        cloud = tuple(np.minimum(base * 1.25 + 30, 255))
+        canvas.ellipse(centre, (rng.uniform(8, 40), rng.uniform(3, 8)), cloud, SKY)
+    # The skyline also hides the seam between the end of the ground and the sky.
+    column, z = -1.0, 300.0
+    while column < cam.width:
+        step = rng.uniform(4, 16)
+        top, bottom = cam.horizon - cam.focal * rng.uniform(6, 30) / z, cam.horizon + 2
+        block = np.array(
+            [[column, top], [column + step, top], [column + step, bottom], [column, bottom]]
+        )
+        haze = 0.55 * np.asarray(scene.pick(scene.style.facades)) + 0.45 * base
+        canvas.polygons([block], tuple(haze), BUILDING)
+        column += step
+
+
+def _draw_ground(scene: Scene) -> None:
+    """Grass or paving outside the street, sidewalks with curbs and grass strips, the road with
+    its markings and tram rails."""
+    cam, canvas, rng, domain = scene.cam, scene.canvas, scene.rng, scene.domain
+    outside = TERRAIN if domain.terrain else SIDEWALK
+    quads = [
+        cam.ground_quad(-1e3, scene.walk[0], Z_NEAR, Z_FAR),
+        cam.ground_quad(scene.walk[1], 1e3, Z_NEAR, Z_FAR),
+    ]
+    canvas.polygons(quads, scene.colour(outside), outside)
+    for i in (0, 1):
+        verge = domain.terrain and rng.random() < domain.population.verge
+        code = TERRAIN if verge else SIDEWALK
+        quad = cam.ground_quad(scene.walk[i], scene.facade[i], Z_NEAR, Z_FAR)
+        canvas.polygons([quad], scene.colour(code), code)
+    paving = scene.colour(SIDEWALK)
+    quads = [
+        cam.ground_quad(scene.walk[0], scene.road[0], Z_NEAR, Z_FAR),
+        cam.ground_quad(scene.road[1], scene.walk[1], Z_NEAR, Z_FAR),
+    ]
+    canvas.polygons(quads, paving, SIDEWALK)
+    grass = []
+    for s, edge, width in zip((-1, 1), scene.road, scene.strip, strict=True):
+        if width > 0:
+            for z in np.arange(rng.uniform(0, 4), 120, 18.0):
+                x0, x1 = edge + s * 0.2, edge + s * (0.2 + width)
+                grass.append(cam.ground_quad(x0, x1, z, z + rng.uniform(5, 15)))
+    canvas.polygons(grass, scene.colour(TERRAIN), TERRAIN)
+    curbs = [
+        cam.ground_quad(scene.road[0] - 0.2, scene.road[0], Z_NEAR, Z_FAR),
+        cam.ground_quad(scene.road[1], scene.road[1] + 0.2, Z_NEAR, Z_FAR),
+    ]
+    canvas.polygons(curbs, tuple(np.asarray(paving) * 0.8), SIDEWALK)
+    canvas.polygons([cam.ground_quad(*scene.road, Z_NEAR, Z_FAR)], scene.colour(ROAD), ROAD)
+    _draw_markings(scene)
+    if scene.tram is not None:
+        rails = [
+            cam.ground_quad(scene.tram + dx - 0.06, scene.tram + dx + 0.06, Z_NEAR, Z_FAR)
+            for dx in (-0.72, 0.72)
+        ]
+        canvas.polygons(rails, scene.colour(RAIL), RAIL)
+
+
+def _draw_markings(scene: Scene) -> None:
+    """Dashed lane lines, solid edge lines and maybe a zebra crossing (scene code LANE)."""
+    cam, rng = scene.cam, scene.rng
+    marks = []
+    start = rng.uniform(0, 9)
+    for left, right in zip(scene.lanes[:-1], scene.lanes[1:], strict=True):
+        x = (left + right) / 2
+        marks += [cam.ground_quad(x - 0.08, x + 0.08, z, z + 3) for z in np.arange(start, 90, 9.0)]
+    for x in (scene.road[0] + 0.35, scene.road[1] - 0.35):
+        marks.append(cam.ground_quad(x - 0.07, x + 0.07, Z_NEAR, 150))
+    if rng.random() < scene.domain.population.crossing:
+        z = rng.uniform(8, 25)
+        stripes = np.arange(scene.road[0] + 0.3, scene.road[1] - 0.5, 1.0)
+        marks += [cam.ground_quad(x, x + 0.5, z, z + 3) for x in stripes]
+    scene.canvas.polygons(marks, scene.colour(LANE), LANE)
+
+
+def _draw_building(scene: Scene, x: float, z0: float, z1: float, height: float, s: int) -> None:
+    """One building: its front along the street, its end wall facing the camera, windows."""
+    cam, canvas, rng = scene.cam, scene.canvas, scene.rng
+    colour = np.asarray(scene.pick(scene.style.facades))
+    end_wall = cam.wall_quad(x, x + s * 15.0, 0, height, z0, z0)
+    canvas.polygons([end_wall], tuple(colour * scene.style.shade), BUILDING)
+    canvas.polygons([cam.wall_quad(x, x, 0, height, z0, z1)], tuple(colour), BUILDING)
+    spacing = rng.uniform(2.4, 3.6)
+    # Windows beyond the depth where they shrink under 1.5 px would only alias: leave them out.
+    z1 = min(z1, cam.focal * 1.2 / 1.5)
+    zs = np.arange(z0 + 0.6, z1 - spacing * 0.5, spacing)
+    floors = np.arange(1.0 if rng.random() < 0.5 else 4.0, height - 1.5, 3.0)
+    if len(zs) and len(floors):
+        zz, yy = (a.reshape(-1, 1) for a in np.meshgrid(zs, floors))
+        corner_z = zz + np.array([0.0, 0.55, 0.55, 0.0]) * spacing
+        corner_y = yy + np.array([0.0, 0.0, 1.5, 1.5])
+        windows = cam.project(x, corner_y, corner_z)  # (K, 4, 2)
+        canvas.polygons(windows, scene.vary(scene.style.windows, 0.5), None)
+
+
+def _draw_buildings(scene: Scene) -> None:
+    """On both sides, a continuous back row and a front row with gaps, then walls and fences."""
+    rng, g = scene.rng, scene.domain.geometry
+    for s in (-1, 1):
+        front = scene.facade[scene.side(s)]
+        back = front + s * 14.0
+        blocks = []  # (x, z0, z1, height)
+        z = 2.0
+        while z < 120:
+            length = rng.uniform(10, 30)
+            blocks.append((back, z, z + length, 3.0 * rng.integers(*g.storeys) + 2))
+            z += length
+        z = rng.uniform(0, 6)
+        while z < 120:
+            length = rng.uniform(8, 25)
+            blocks.append((front, z, z + length, 3.0 * rng.integers(*g.storeys) + 1))
+            gap = rng.random() < scene.domain.population.gap
+            z += length + (rng.uniform(4, 12) if gap else 0.0)
+        # Painter's order: the back row, then far to near (an end wall hides farther fronts).
+        for x, z0, z1, height in sorted(blocks, key=lambda b: (abs(b[0]), b[1]), reverse=True):
+            _draw_building(scene, x, z0, z1, height, s)
+        _draw_barriers(scene, s)
+
+
+def _draw_barriers(scene: Scene, s: int) -> None:
+    """Wall segments (with a coping) and fence segments (panel, bars, rail) along the sidewalk's
+    outer edge, far to near."""
+    cam, canvas, rng, pop = scene.cam, scene.canvas, scene.rng, scene.domain.population
+    x = scene.walk[scene.side(s)]
+    segments = []
+    z = rng.uniform(1, 10)
+    while z < 90:
+        length = rng.uniform(5, 20)
+        kind = rng.choice(3, p=[pop.wall, pop.fence, 1 - pop.wall - pop.fence])
+        segments.append((kind, z, z + length))
+        z += length
+    for kind, z0, z1 in reversed(segments):
+        if kind == 0:
+            height = rng.uniform(0.8, 2.6)
+            colour = np.asarray(scene.colour(WALL))
+            canvas.polygons([cam.wall_quad(x, x, 0, height, z0, z1)], tuple(colour), WALL)
+            coping = cam.wall_quad(x, x, height - 0.15, height, z0, z1)
+            canvas.polygons([coping], tuple(colour * 1.15), None)
+        elif kind == 1:
+            height = rng.uniform(1.0, 2.0)
+            colour = np.asarray(scene.colour(FENCE))
+            canvas.polygons([cam.wall_quad(x, x, 0, height, z0, z1)], tuple(colour * 1.25), FENCE)
+            posts = np.arange(z0, z1, 0.35)[:, None]
+            bars = cam.project(x, np.array([[0.0, height]]), posts)
+            rail = cam.project(x, height - 0.1, np.array([[z0, z1]]))
+            thickness = cam.focal * 0.06 / z1
+            canvas.lines(np.concatenate([bars, rail]), tuple(colour * 0.7), None, thickness)
+
+
+# ------------------------------------------------------------------------------------------------
+# Objects: each stands on the ground at (x, z); they are drawn far to near
+
+
+def _draw_box(
+    scene: Scene,
+    x0: float,
+    x1: float,
+    y0: float,
+    y1: float,
+    z0: float,
+    z1: float,
+    colour: np.ndarray,
+    code: int,
+    instance: int,
+) -> None:
+    """The visible faces of an axis-aligned box: the side facing the camera, the top, the front."""
+    cam, canvas, shade = scene.cam, scene.canvas, scene.style.shade
+    side = _visible_side(x0, x1)
+    if side is not None:
+        face = cam.wall_quad(side, side, y0, y1, z0, z1)
+        canvas.polygons([face], tuple(colour * shade), code, instance)
+    if cam.elevation > y1:
+        top = cam.project(np.array([x0, x1, x1, x0]), y1, np.array([z0, z0, z1, z1]))
+        canvas.polygons([top], tuple(np.minimum(colour * 1.15, 255)), code, instance)
+    canvas.polygons([cam.wall_quad(x0, x1, y0, y1, z0, z0)], tuple(colour), code, instance)
+
+
+def _visible_side(x0: float, x1: float) -> float | None:
+    """x of the side face of a box spanning [x0, x1] that the camera (x = 0) sees, if any."""
+    return x0 if x0 > 0 else (x1 if x1 < 0 else None)
+
+
+def _wheels(
+    scene: Scene,
+    x0: float,
+    x1: float,
+    z0: float,
+    z1: float,
+    radius: float,
+    code: int,
+    instance: int,
+) -> None:
+    """Dark tyres under the front face and, where the side is visible, along it."""
+    cam, canvas = scene.cam, scene.canvas
+    tyre = (22, 22, 24)
+    front = [
+        cam.wall_quad(x + 0.05, x + 0.3, 0, radius * 1.1, z0 - 0.01, z0 - 0.01)
+        for x in (x0, x1 - 0.35)
+    ]
+    canvas.polygons(front, tyre, code, instance)
+    side = _visible_side(x0, x1)
+    if side is not None:
+        for z in (z0 + 0.9, z1 - 0.9):
+            canvas.disc(cam.project(side, radius, z), cam.focal * radius / z, tyre, code, instance)
+
+
+def _draw_car(scene: Scene, x: float, z: float) -> None:
+    """A body with tail lights and a glass cabin on top, on four wheels."""
+    cam, inst = scene.cam, scene.new_instance()
+    paint = np.asarray(scene.pick(scene.style.paints))
+    glass = np.asarray(scene.vary(scene.style.windows, 0.5)) * 0.6
+    length = scene.rng.uniform(3.8, 4.8)
+    _draw_box(scene, x - 0.9, x + 0.9, 0.25, 1.0, z, z + length, paint, CAR, inst)
+    _draw_box(scene, x - 0.75, x + 0.75, 1.0, 1.45, z + 1.0, z + length - 1.2, glass, CAR, inst)
+    lights = [
+        cam.wall_quad(x + dx, x + dx + 0.3, 0.7, 0.85, z - 0.01, z - 0.01) for dx in (-0.85, 0.55)
+    ]
+    scene.canvas.polygons(lights, (200, 30, 30), None)
+    _wheels(scene, x - 0.9, x + 0.9, z, z + length, 0.32, CAR, inst)
+
+
+def _draw_truck(scene: Scene, x: float, z: float) -> None:
+    """A tall cargo box (white or orange, dark bumper) in front of a lower cab."""
+    cam, inst = scene.cam, scene.new_instance()
+    cargo = np.asarray(scene.vary((226, 226, 222) if scene.rng.random() < 0.6 else (200, 110, 40)))
+    cab = np.asarray(scene.pick(scene.style.paints))
+    _draw_box(scene, x - 1.15, x + 1.15, 0.5, 2.9, z + 6.5, z + 9.0, cab, TRUCK, inst)
+    _draw_box(scene, x - 1.25, x + 1.25, 0.6, 3.8, z, z + 6.5, cargo, TRUCK, inst)
+    bumper = cam.wall_quad(x - 1.25, x + 1.25, 0.6, 0.85, z - 0.01, z - 0.01)
+    scene.canvas.polygons([bumper], tuple(cargo * 0.45), None)
+    _wheels(scene, x - 1.2, x + 1.2, z, z + 9.0, 0.5, TRUCK, inst)
+
+
+def _draw_bus(scene: Scene, x: float, z: float) -> None:
+    """A long red or yellow box with a rear window and a row of side windows."""
+    cam, inst = scene.cam, scene.new_instance()
+    paint = np.asarray(scene.vary((210, 40, 36) if scene.rng.random() < 0.5 else (232, 196, 40)))
+    _draw_box(scene, x - 1.25, x + 1.25, 0.3, 3.2, z, z + 12.0, paint, BUS, inst)
+    panes = [cam.wall_quad(x - 1.0, x + 1.0, 1.6, 2.8, z - 0.01, z - 0.01)]
+    side = _visible_side(x - 1.25, x + 1.25)
+    if side is not None:
+        panes += [
+            cam.wall_quad(side, side, 1.5, 2.7, zw, zw + 1.6)
+            for zw in np.arange(z + 0.5, z + 11, 2.0)
+        ]
+    scene.canvas.polygons(panes, scene.vary(scene.style.windows, 0.5), None)
+    _wheels(scene, x - 1.2, x + 1.2, z, z + 12.0, 0.5, BUS, inst)
+
+
+def _draw_tram(scene: Scene, x: float, z: float) -> None:
+    """A train: a very long box with a coloured skirt, a window band and a pantograph."""
+    cam, canvas, inst = scene.cam, scene.canvas, scene.new_instance()
+    paint = np.asarray(scene.colour(TRAIN))
+    _draw_box(scene, x - 1.3, x + 1.3, 0.35, 3.5, z, z + 30.0, paint, TRAIN, inst)
+    side = _visible_side(x - 1.3, x + 1.3)
+    skirt = [cam.wall_quad(x - 1.3, x + 1.3, 0.35, 1.0, z - 0.01, z - 0.01)]
+    glass = [cam.wall_quad(x - 1.1, x + 1.1, 1.5, 2.9, z - 0.01, z - 0.01)]
+    if side is not None:
+        skirt.append(cam.wall_quad(side, side, 0.35, 1.0, z, z + 30))
+        glass.append(cam.wall_quad(side, side, 1.6, 2.8, z + 0.5, z + 29.5))
+    canvas.polygons(skirt, (180, 40, 40), None)
+    canvas.polygons(glass, scene.vary(scene.style.windows, 0.5), None)
+    pantograph = np.array([[3.5, 4.4], [4.4, 4.4]]), np.array([[z + 4, z + 5], [z + 5, z + 8]])
+    canvas.lines(cam.project(x, *pantograph), (40, 40, 40), TRAIN, cam.focal * 0.08 / z, inst)
+
+
+def _draw_person(
+    scene: Scene,
+    x: float,
+    z: float,
+    code: int = PERSON,
+    seat: float | None = None,
+    facing: float = 1.0,
+) -> None:
+    """A pedestrian (legs, torso, arms, head), or with ``seat`` a rider sitting at that height
+    with bent legs and arms reaching forward; ``facing`` -1 mirrors the figure."""
+    cam, canvas, rng, inst = scene.cam, scene.canvas, scene.rng, scene.new_instance()
+    tall = rng.uniform(1.55, 1.9)
+    shirt, trousers = scene.pick(scene.style.clothes), scene.pick(scene.style.clothes)
+    hip = 0.5 * tall if seat is None else seat
+    shoulder = hip + 0.33 * tall
+    if seat is None:
+        stride = rng.uniform(0.0, 0.3)
+        legs = [[[-0.17, hip], [0.0, hip], [0.02 - stride, 0], [-0.13 - stride, 0]],
+                [[0.0, hip], [0.17, hip], [0.13 + stride, 0], [stride - 0.02, 0]]]  # fmt: skip
+        lean, reach = 0.0, 0.25
+    else:
+        knee = hip - 0.5  # thighs forward to the knee, shins down to the pedal
+        thigh = [[-0.15, hip], [0.1, hip], [0.25, knee + 0.05], [0.12, knee]]
+        shin = [[0.12, knee], [0.25, knee + 0.05], [0.2, knee - 0.35], [0.06, knee - 0.35]]
+        legs = [thigh, shin]
+        lean, reach = 0.15, 0.55
+    torso = [[-0.2, hip], [0.17, hip], [0.22 + lean, shoulder], [-0.22 + lean, shoulder]]
+    arms = [[[lean - 0.24, shoulder], [lean - 0.14, shoulder], [0.3 * reach - 0.2, hip - 0.05],
+             [-0.3, hip - 0.05]],
+            [[lean + 0.14, shoulder], [lean + 0.24, shoulder], [reach + 0.25, hip + 0.05],
+             [reach + 0.16, hip - 0.03]]]  # fmt: skip
+    mirror = np.array([facing, 1.0])
+    canvas.polygons(cam.sprite(x, z, np.array(legs) * mirror), trousers, code, inst)
+    canvas.polygons(cam.sprite(x, z, np.array([torso, *arms]) * mirror), shirt, code, inst)
+    head = cam.sprite(x, z, np.array([lean, shoulder + 0.14]) * mirror)
+    canvas.disc(head, cam.focal * 0.12 / z, scene.colour(code), code, inst)
+
+
+def _draw_two_wheeler(scene: Scene, x: float, z: float, motor: bool, rider: bool) -> None:
+    """Side view of a bicycle (two rings, a thin frame) or a motorcycle (two tyres, a body), with
+    or without a rider."""
+    cam, canvas, inst = scene.cam, scene.canvas, scene.new_instance()
+    code = MOTORCYCLE if motor else BICYCLE
+    facing = 1.0 if scene.rng.random() < 0.5 else -1.0
+    mirror = np.array([facing, 1.0])
+    radius, scale = 0.33, cam.focal / z
+    colour = scene.pick(scene.style.paints) if motor else scene.vary((36, 36, 40))
+    for dx in (-0.55, 0.55):
+        hub = cam.sprite(x, z, np.array([dx, radius]))
+        if motor:
+            canvas.disc(hub, scale * radius, (24, 24, 26), code, inst)
+        else:
+            ring = max(1, round(scale * 0.06))
+            canvas.disc(hub, scale * radius, (30, 30, 32), code, inst, thickness=ring)
+    if motor:
+        body = np.array([[-0.45, 0.45], [0.45, 0.45], [0.6, 0.8], [0.2, 0.95], [-0.5, 0.85]])
+        canvas.polygons([cam.sprite(x, z, body * mirror)], colour, code, inst)
+    rear, saddle, crank, head, front = (
+        (-0.55, radius),
+        (-0.1, 0.95),
+        (0.0, 0.35),
+        (0.45, 0.95),
+        (0.55, radius),
+    )
+    tubes = [(rear, saddle), (saddle, crank), (crank, rear), (crank, head), (head, front),
+             (saddle, head), (head, (0.35, 1.1))]  # fmt: skip
+    frame = np.array(tubes)
+    canvas.lines(cam.sprite(x, z, frame * mirror), colour, code, scale * 0.06, inst)
+    if rider:
+        seat = 0.95 if motor else 1.0
+        _draw_person(scene, x - facing * 0.1, z, RIDER, seat=seat, facing=facing)
+
+
+def _draw_pole(scene: Scene, x: float, z: float, s: int) -> None:
+    """A pole, maybe with an arm over the road carrying a traffic light, maybe with a sign."""
+    cam, canvas, rng, pop = scene.cam, scene.canvas, scene.rng, scene.domain.population
+    height = rng.uniform(4.0, 7.0)
+    metal = scene.colour(POLE)
+    half = max(0.12, 0.75 * z / cam.focal)  # at least 1.5 px wide
+    shaft = np.array([[-half, 0], [half, 0], [half, height], [-half, height]])
+    canvas.polygons([cam.sprite(x, z, shaft)], metal, POLE)
+    if rng.random() < pop.light:
+        reach = -s * rng.uniform(0.0, 3.0)
+        arm = np.array([[0, -0.1], [reach, -0.1], [reach, 0.05], [0, 0.05]]) + [0.0, height]
+        canvas.polygons([cam.sprite(x, z, arm)], metal, POLE)
+        housing = np.array([[-0.2, -1.0], [0.2, -1.0], [0.2, 0.0], [-0.2, 0.0]]) + [reach, height]
+        canvas.polygons([cam.sprite(x, z, housing)], scene.colour(LIGHT), LIGHT)
+        lit = rng.integers(3)
+        for i, lamp in enumerate(((230, 40, 30), (240, 170, 20), (40, 210, 90))):
+            centre = cam.sprite(x, z, np.array([reach, height - 0.2 - 0.3 * i]))
+            glow = lamp if i == lit else tuple(0.25 * c for c in lamp)
+            canvas.disc(centre, cam.focal * 0.1 / z, glow, None)
+    if rng.random() < pop.sign:
+        _draw_sign(scene, x, z, rng.uniform(2.2, min(3.2, height - 0.4)))
+
+
+#: Sign plate outlines in units of the plate's half size: triangle, square, diamond.
+_PLATES = (
+    np.array([[-1.0, -0.8], [1.0, -0.8], [0.0, 1.0]]),
+    np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]),
+    np.array([[0.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]),
+)
+
+
+def _draw_sign(scene: Scene, x: float, z: float, y: float) -> None:
+    """A plate with a white centre: red disc, red triangle, blue square or yellow diamond."""
+    cam, canvas, rng = scene.cam, scene.canvas, scene.rng
+    size = rng.uniform(0.3, 0.42)
+    shape = int(rng.integers(4))
+    if shape == 3:
+        centre, radius = cam.sprite(x, z, np.array([0.0, y])), cam.focal * size / z
+        canvas.disc(centre, radius, scene.colour(SIGN), SIGN)
+        canvas.disc(centre, radius * 0.7, (236, 236, 236), None)
+        return
+    colour = (scene.colour(SIGN), scene.vary((30, 80, 190)), scene.vary((235, 200, 40)))[shape]
+    canvas.polygons([cam.sprite(x, z, _PLATES[shape] * size + [0.0, y])], colour, SIGN)
+    inner = cam.sprite(x, z, _PLATES[shape] * size * 0.55 + [0.0, y])
+    canvas.polygons([inner], (236, 236, 236), None)
+
+
+def _draw_tree(scene: Scene, x: float, z: float) -> None:
+    """A trunk and a crown of overlapping discs (all vegetation)."""
+    cam, canvas, rng = scene.cam, scene.canvas, scene.rng
+    trunk_top = rng.uniform(2.0, 3.0)
+    trunk = np.array([[-0.15, 0], [0.15, 0], [0.12, trunk_top + 0.5], [-0.12, trunk_top + 0.5]])
+    canvas.polygons([cam.sprite(x, z, trunk)], scene.vary((92, 70, 52)), VEGETATION)
+    leaves = np.asarray(scene.colour(VEGETATION))
+    size = rng.uniform(1.3, 2.4)
+    count = int(rng.integers(4, 8))
+    offsets = np.stack([rng.uniform(-1, 1, count), 1 + rng.uniform(-0.6, 0.8, count)], 1) * size
+    radii = cam.focal * size * rng.uniform(0.55, 0.9, count) / z
+    shades = rng.uniform(0.8, 1.15, count)
+    centres = cam.sprite(x, z, offsets + [0.0, trunk_top])
+    for centre, radius, shade in zip(centres, radii, shades, strict=True):
+        canvas.disc(centre, radius, tuple(np.minimum(leaves * shade, 255)), VEGETATION)
+
+
+def _draw_bin(scene: Scene, x: float, z: float) -> None:
+    """A litter bin: street furniture, labelled void (static)."""
+    colour = np.asarray(scene.colour(STATIC))
+    _draw_box(scene, x - 0.3, x + 0.3, 0.0, 1.0, z, z + 0.6, colour, STATIC, 0)
+
+
+def _place_objects(scene: Scene) -> list[tuple[float, Callable[[], None]]]:
+    """Sample every object of the scene as (depth, draw) pairs."""
+    rng, pop = scene.rng, scene.domain.population
+    objects: list[tuple[float, Callable[[], None]]] = []
+
+    def add(z: float, draw: Callable[..., None], *args: object) -> None:
+        objects.append((z, lambda: draw(scene, *args)))
+
+    def a_side() -> int:
+        return 1 if rng.random() < 0.5 else -1
+
+    def on_sidewalk(s: int, margin: float = 0.4) -> float:
+        i = scene.side(s)
+        inner, outer = abs(scene.road[i]) + margin, abs(scene.walk[i]) - margin
+        return s * rng.uniform(inner, max(inner, outer))
+
+    lanes = [x for x in scene.lanes if x != scene.tram]
+    if scene.tram is not None:
+        add(z := rng.uniform(14, 50), _draw_tram, scene.tram, z)
+    for draw, mean in ((_draw_car, pop.cars), (_draw_truck, pop.trucks), (_draw_bus, pop.buses)):
+        for _ in range(rng.poisson(mean) if lanes else 0):
+            x = lanes[rng.integers(len(lanes))] + rng.normal(0, 0.2)
+            add(z := rng.uniform(4, 70), draw, x, z)
+    for _ in range(rng.poisson(pop.parked_cars)):
+        s = a_side()
+        add(z := rng.uniform(4.5, 60), _draw_car, scene.road[scene.side(s)] - s * 1.1, z)
+    for _ in range(rng.poisson(pop.pedestrians)):
+        crossing = rng.random() < 0.15
+        x = rng.uniform(*scene.road) if crossing else on_sidewalk(a_side())
+        add(z := rng.uniform(3, 45), _draw_person, x, z, PERSON, None, float(a_side()))
+    for _ in range(rng.poisson(pop.riders)):
+        s = a_side()
+        x = scene.road[scene.side(s)] - s * rng.uniform(0.6, 1.2)  # in the outer lane
+        motor = rng.random() < pop.motorbike_share
+        add(z := rng.uniform(4, 45), _draw_two_wheeler, x, z, motor, True)
+    for _ in range(rng.poisson(pop.parked_bikes)):
+        s = a_side()
+        x = scene.road[scene.side(s)] + s * rng.uniform(0.4, 1.0)  # at the curb
+        motor = rng.random() < pop.motorbike_share
+        add(z := rng.uniform(5, 35), _draw_two_wheeler, x, z, motor, False)
+    for _ in range(rng.poisson(pop.bins)):
+        add(z := rng.uniform(5, 40), _draw_bin, on_sidewalk(a_side()), z)
+    for s in (-1, 1):
+        i = scene.side(s)
+        poles = np.cumsum(rng.uniform(12, 28, 8)) - rng.uniform(0, 9)
+        for z in poles[poles < 90]:
+            add(z, _draw_pole, scene.road[i] + s * 0.5, z, s)
+        if scene.strip[i] > 0:
+            trees_x = scene.road[i] + s * (0.2 + scene.strip[i] / 2)
+        elif rng.random() < pop.tree_rows:
+            trees_x = scene.walk[i] - s * rng.uniform(0.6, 1.2)
+        else:
+            continue
+        for z in np.arange(rng.uniform(4, 10), 80, rng.uniform(7, 13)):
+            add(z, _draw_tree, trees_x, z)
+    return objects
+
+
+def _draw_hood(scene: Scene) -> None:
+    """The ego vehicle's bonnet across the bottom (void) and a 2 px out-of-roi border
+    (unlabeled, label only) on the left and right, as in Cityscapes."""
+    cam, canvas = scene.cam, scene.canvas
+    fraction = scene.domain.geometry.hood
+    top = cam.height * (1 - fraction)
+    cols = np.linspace(-0.1 * cam.width, 1.1 * cam.width, 24)
+    rows = top + 0.6 * fraction * cam.height * ((cols - cam.width / 2) / (0.6 * cam.width)) ** 2
+    below = [[cols[-1], cam.height + 5], [cols[0], cam.height + 5]]
+    canvas.polygons([np.concatenate([np.stack([cols, rows], 1), below])], scene.colour(EGO), EGO)
+    canvas.code[:, :2] = UNLABELED
+    canvas.code[:, -2:] = UNLABELED
+
+
+# ------------------------------------------------------------------------------------------------
+# Texture and the camera
+
+
+def _lookup(values: dict[int, float]) -> np.ndarray:
+    """A per-scene-code table of ``values`` (0 for codes not listed)."""
+    table = np.zeros(NUM_CODES, np.float32)
+    table[list(values)] = list(values.values())
+    return table
+
+
+def _texture(scene: Scene) -> None:
+    """Per-class grain and blotches, and a perspective-correct paving grid on sidewalks."""
+    cam, canvas, rng, style = scene.cam, scene.canvas, scene.rng, scene.style
+    h, w = canvas.code.shape
+    grain = rng.standard_normal((h, w), dtype=np.float32)
+    coarse = rng.standard_normal((h // 8 + 2, w // 8 + 2), dtype=np.float32)
+    blotches = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    code = canvas.code
+    relief = _lookup(style.fine)[code] * grain + _lookup(style.blob)[code] * blotches
+    canvas.image += relief[..., None]
+    x, z = cam.ground()
+    tile = rng.uniform(0.5, 0.8)
+    joints = ((x / tile) % 1 < 0.1) | ((z / tile) % 1 < 0.1)
+    fade = np.clip(1 - z / 30, 0, 1)  # far away the grid would alias into noise
+    canvas.image *= (1 - style.tiles * joints * fade * (code == SIDEWALK))[..., None]
+
+
+def _camera(image: np.ndarray, style: Style, rng: np.random.Generator) -> np.ndarray:
+    """Exposure, white balance, saturation, vignetting, blur, noise, JPEG.
+
+    Args:
+        image: (H,W,3) float RGB, about 0..255.
+
+    Returns:
+        (H,W,3) uint8 RGB.
+    """
+    h, w, _ = image.shape
+    tint = np.asarray(style.tint) * rng.normal(1, style.tint_jitter, 3)
+    image = image * (rng.uniform(*style.gain) * tint).astype(np.float32)
+    grey = image.mean(axis=2, keepdims=True)
+    image = grey + (image - grey) * rng.uniform(*style.saturation)
+    if style.vignette > 0:
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        r2 = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
+        image *= (1 - style.vignette * r2 / 2)[..., None]
+    sigma = rng.uniform(*style.blur)
+    if sigma > 0.05:
+        image = cv2.GaussianBlur(image, (0, 0), sigma)
+    image = image + rng.normal(0, style.noise, image.shape).astype(np.float32)
+    rgb = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    if style.jpeg is None:
+        return rgb
+    quality = int(rng.integers(style.jpeg[0], style.jpeg[1] + 1))
+    _, encoded = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def render(domain: Domain, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one street scene of ``domain``.
+
+    Returns:
+        image (H,W,3) uint8 RGB; code (H,W) uint8 scene codes (trainIds 0..18, void kinds
+        19..23); instance (H,W) uint16 ids of things (0 on stuff).
+    """
+    scene = _sample_scene(domain, rng)
+    _draw_sky(scene)
+    _draw_ground(scene)
+    _draw_buildings(scene)
+    for _, draw in sorted(_place_objects(scene), key=lambda o: -o[0]):  # far to near
+        draw()
+    if domain.geometry.hood > 0:
+        _draw_hood(scene)
+    _texture(scene)
+    image = _camera(scene.canvas.image, scene.style, rng)
+    return image, scene.canvas.code, scene.canvas.instance
+
+
+# ------------------------------------------------------------------------------------------------
+# Files in the real formats
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Images per split of the mini benchmark."""
+
+    gta5: int = 300
+    synthia: int = 300
+    cityscapes_train: int = 300
+    cityscapes_val: int = 100
+
+
+#: The splits of each dataset: (dataset folder, split) -> (domain, seed stream). The stream keeps
+#: the images of different splits independent for the same index.
+SPLITS = {
+    ("mini_gta5", "train"): (GTA5, 0),
+    ("mini_synthia", "train"): (SYNTHIA, 1),
+    ("mini_cityscapes", "train"): (CITYSCAPES, 2),
+    ("mini_cityscapes", "val"): (CITYSCAPES, 3),
+}
+CITIES = {"train": ("aachen", "bochum", "bremen"), "val": ("frankfurt", "lindau", "munster")}
+
+# GTA5 label files colour their labelIds with the Cityscapes palette.
+_LABEL_PALETTE = np.zeros((256, 3), np.uint8)
+_LABEL_PALETTE[CITYSCAPES_IDS[:19]] = PALETTE
+
+
+def _counts(counts: Counts) -> dict[tuple[str, str], int]:
+    return {
+        ("mini_gta5", "train"): counts.gta5,
+        ("mini_synthia", "train"): counts.synthia,
+        ("mini_cityscapes", "train"): counts.cityscapes_train,
+        ("mini_cityscapes", "val"): counts.cityscapes_val,
+    }
+
+
+def sample_paths(dataset: str, split: str, index: int) -> tuple[str, str]:
+    """(image, label) path of one sample relative to the dataset folder, in the real layout."""
+    if dataset == "mini_gta5":
+        name = f"{index + 1:05d}.png"
+        return f"images/{name}", f"labels/{name}"
+    if dataset == "mini_synthia":
+        name = f"{index:07d}.png"
+        return f"RGB/{name}", f"GT/LABELS/{name}"
+    cities = CITIES[split]
+    city, sequence = cities[index % len(cities)], index // len(cities)
+    stem = f"{city}/{city}_{sequence:06d}_000019"
+    return (
+        f"leftImg8bit/{split}/{stem}_leftImg8bit.png",
+        f"gtFine/{split}/{stem}_gtFine_labelIds.png",
+    )
+
+
+def _png(array: np.ndarray) -> bytes:
+    """PNG bytes of an array in cv2's channel order; fixed settings: same array, same bytes."""
+    ok, encoded = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise RuntimeError(f"cv2 could not encode a {array.shape} {array.dtype} PNG")
+    return encoded.tobytes()
+
+
+def _palette_png(ids: np.ndarray) -> bytes:
+    """An 8-bit palette ('P') PNG whose pixel values are ``ids``, as GTA5's label files."""
+    image = Image.frombytes("P", ids.shape[::-1], np.ascontiguousarray(ids).tobytes())
+    image.putpalette(_LABEL_PALETTE.ravel().tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def label_file(dataset: str, code: np.ndarray, instance: np.ndarray) -> bytes:
+    """Encode a scene's labels as the dataset's label PNG.
+
+    GTA5: 8-bit palette PNG of labelIds. SYNTHIA: 16-bit 3-channel PNG, class id in the first
+    channel and instance id in the second. Cityscapes: 8-bit grayscale PNG of labelIds.
+    """
+    if dataset == "mini_gta5":
+        return _palette_png(CITYSCAPES_IDS[code])
+    if dataset == "mini_synthia":
+        # cv2 writes BGR: the first PNG channel (class) is the last array channel.
+        return _png(np.stack([np.zeros_like(instance), instance, SYNTHIA_IDS[code]], axis=-1))
+    return _png(CITYSCAPES_IDS[code])
+
+
+def _write_sample(job: tuple[str, str, int, int, str]) -> None:
+    """Draw and write one sample (a process-pool task): (dataset, split, index, seed, root)."""
+    dataset, split, index, seed, root = job
+    domain, stream = SPLITS[dataset, split]
+    image, code, instance = render(domain, np.random.default_rng([seed, stream, index]))
+    image_path, label_path = sample_paths(dataset, split, index)
+    write_bytes(Path(root) / image_path, _png(image[..., ::-1]))
+    write_bytes(Path(root) / label_path, label_file(dataset, code, instance))
+
+
+def generate(out: Path, seed: int = 0, counts: Counts = Counts(), workers: int = 2) -> None:
+    """``hqtd synth``: write mini_gta5/, mini_synthia/ and mini_cityscapes/ under ``out``.
+
+    Idempotent: a dataset folder whose ``.complete`` marker records the same seed, counts and
+    generator version is left alone; any other folder of that name is removed and drawn again.
+    Every file is written atomically and the marker last, so an interrupted run is redrawn.
+
+    Args:
+        out: folder for the three raw datasets.
+        seed: non-negative; the same seed gives byte-identical files, another one a fresh draw.
+        counts: images per split (the defaults are the benchmark's).
+        workers: processes drawing in parallel (the files do not depend on it).
+
+    Raises:
+        HqtdError: a negative seed or count, or fewer than one worker.
+    """
+    if seed < 0:
+        raise HqtdError(f"--seed must be a non-negative integer, got {seed}")
+    if workers < 1:
+        raise HqtdError(f"workers must be at least 1, got {workers}")
+    if min(asdict(counts).values()) < 1:
+        raise HqtdError(f"every split needs at least one image, got {counts}")
+    out = Path(out)
+    per_split = _counts(counts)
+    for dataset in dict.fromkeys(d for d, _ in SPLITS):
+        root = out / dataset
+        splits = {split: n for (d, split), n in per_split.items() if d == dataset}
+        spec = {"seed": seed, "counts": splits, "version": GENERATOR_VERSION}
+        marker = root / ".complete"
+        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == spec:
+            print(f"{root}: up to date (seed {seed})")
+            continue
+        if root.exists():
+            shutil.rmtree(root)
+        jobs = [(dataset, s, i, seed, str(root)) for s, n in splits.items() for i in range(n)]
+        start = time.perf_counter()
+        if workers == 1:
+            for job in jobs:
+                _write_sample(job)
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                list(pool.map(_write_sample, jobs, chunksize=8))
+        write_json(marker, spec)
+        print(f"{root}: {len(jobs)} samples in {time.perf_counter() - start:.1f} s")
