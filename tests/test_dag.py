@@ -37,7 +37,7 @@ def expected_commands() -> set[str]:
     grid = load_grid()
     commands = {
         "hqtd tables --out results/tables --grid " + grid.name,
-        "hqtd figures --out results/figures --grid " + grid.name,
+        f"hqtd figures --out results/figures/{grid.name} --grid {grid.name}",
     }
     if grid.synth:
         commands.add("hqtd synth --out data/raw")

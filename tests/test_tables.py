@@ -184,3 +184,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     np.save(moved / "eval/paper/confusion.npy", confusion(19, "full", 0))
     with pytest.raises(HqtdError, match="describes gta5/full/seed0/paper"):
         write_tables(tmp_path, tmp_path / "out")
+
+
+def test_no_bold_where_every_competing_row_ties(tmp_path):
+    root = tmp_path / "runs"
+    for method in ("source_only", "full"):
+        write_eval(root, "mini_gta5", method, 0, "paper", confusion(19, "source_only", 0))
+    write_tables(root, tmp_path / "out")
+    table = (tmp_path / "out" / "perclass_mini_gta5_paper.md").read_text()
+    assert "**" not in table

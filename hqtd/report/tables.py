@@ -330,7 +330,8 @@ def build_tables(scores: list[RunScores]) -> list[Table]:
 
 
 def _best(table: Table) -> list[set[int]]:
-    """Per column, the indices of the competing rows whose rounded mean is the largest."""
+    """Per column, the indices of the competing rows whose rounded mean is the largest; none
+    where all competing rows tie (nothing is best)."""
     best = []
     for col in range(len(table.columns)):
         means = {
@@ -339,7 +340,8 @@ def _best(table: Table) -> list[set[int]]:
             if row.competing and row.cells[col] is not None
         }
         top = max(means.values(), default=None)
-        best.append({i for i, mean in means.items() if mean == top})
+        winners = {i for i, mean in means.items() if mean == top}
+        best.append(winners if len(winners) < len(means) else set())
     return best
 
 

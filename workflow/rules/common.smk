@@ -29,7 +29,7 @@ PREPARED = f"{DATA_ROOT}/prepared"
 # Wildcard patterns of one run's directory; Run.run_dir spells out the same layout.
 RUN_DIR = "results/runs/{benchmark}/{method}/seed{seed}"
 TABLES = "results/tables"
-FIGURES = "results/figures"
+FIGURES = f"results/figures/{GRID.name}"  # results/figures itself holds other figures too
 ENV = "../envs/hqtd.yaml"  # relative to the rule files
 
 
