@@ -205,8 +205,9 @@ def load_grid(name: str | None = None, path: Path = GRID_FILE) -> Grid:
         raise HqtdError(f"{path}: unknown grid {name!r}; available: {', '.join(grids)}")
     spec = grids[name]
     where = f"{path}: grid {name!r}"
-    keys = ("benchmarks", "supervised", "adapted", "methods", "seeds", "overrides", "target")
-    missing = [key for key in (*keys, "datasets", "synth") if key not in spec]
+    keys = ("benchmarks", "supervised", "adapted", "methods", "seeds", "overrides", "target",
+            "datasets", "synth")  # fmt: skip
+    missing = [key for key in keys if key not in spec]
     if missing:
         raise HqtdError(f"{where}: missing key(s) {', '.join(missing)}")
     if not all(
@@ -221,10 +222,10 @@ def load_grid(name: str | None = None, path: Path = GRID_FILE) -> Grid:
         seeds=tuple(int(seed) for seed in spec["seeds"]),
         overrides=tuple(shlex.split(spec["overrides"] or "")),
         target=spec["target"],
-        datasets={name: entry["format"] for name, entry in spec["datasets"].items()},
+        datasets={dataset: entry["format"] for dataset, entry in spec["datasets"].items()},
         prepare_args={
-            name: tuple(shlex.split(entry.get("args") or ""))
-            for name, entry in spec["datasets"].items()
+            dataset: tuple(shlex.split(entry.get("args") or ""))
+            for dataset, entry in spec["datasets"].items()
         },
         synth=tuple(spec["synth"]),
     )
