@@ -3,18 +3,18 @@
 The loop is what many UDA code bases do (``for raw, train in mapping: out[label == raw] = train``),
 one full pass over the label per mapped class; hqtd.data.labels.apply_lut does one gather.
 
-    .venv/bin/python bench/label_conversion.py [--repeats 5] [--seed 0]
+    .venv/bin/python -m bench.label_conversion [--repeats 5] [--seed 0]
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 
 import numpy as np
 from tabulate import tabulate
 
+from bench.common import Row, finish, parser
 from hqtd.data.labels import (
     CITYSCAPES_ID_TO_TRAINID,
     CITYSCAPES_LUT,
@@ -46,16 +46,16 @@ def best_time(convert: Callable[[np.ndarray], np.ndarray], labels: list[np.ndarr
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="random labels per format")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parse = parser(__doc__.splitlines()[0])
+    parse.add_argument("--repeats", type=int, default=5, help="random labels per format")
+    parse.add_argument("--seed", type=int, default=0)
+    args = parse.parse_args()
     rng = np.random.default_rng(args.seed)
     formats = [
         ("Cityscapes/GTA5 labelIds", np.uint8, 34, CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_LUT),
         ("SYNTHIA ids (16-bit)", np.uint16, 23, SYNTHIA_ID_TO_TRAINID, SYNTHIA_LUT),
     ]
-    rows = []
+    rows, summary = [], []
     for name, dtype, num_ids, mapping, table in formats:
         labels = [
             rng.integers(0, num_ids, (HEIGHT, WIDTH)).astype(dtype) for _ in range(args.repeats)
@@ -65,8 +65,11 @@ def main() -> None:
         lut = best_time(lambda label, table=table: apply_lut(table, label), labels)
         loop = best_time(lambda label, mapping=mapping: per_class_loop(label, mapping), labels)
         rows.append([name, f"{loop * 1e3:.1f}", f"{lut * 1e3:.1f}", f"{loop / lut:.1f}x"])
+        summary.append(Row(f"label conversion: {name}", "time per-class loop / lookup table",
+                           f"{loop / lut:.1f}x"))  # fmt: skip
     print(f"label conversion, {WIDTH}x{HEIGHT} random labels, best of {args.repeats}")
     print(tabulate(rows, headers=["format", "per-class loop ms", "lookup table ms", "speed-up"]))
+    finish(summary, args.summary)
 
 
 if __name__ == "__main__":

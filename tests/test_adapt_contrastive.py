@@ -68,6 +68,29 @@ def test_blockwise_matches_dense_value_and_gradients(n, c, tau):
             torch.testing.assert_close(grad, grad_expected, rtol=1e-5, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("scale", "tau"), [(3.0, 0.05), (1.0, 0.01)])
+def test_vectors_beyond_the_shift_bound_take_the_row_maximum(dtype, scale, tau):
+    # Signed vectors of norm ~13 at τ = 0.05 (and unit vectors at τ = 0.01) span more than the
+    # exponent range: exp(S/τ) overflows, so compare with a log-sum-exp form of the dense formula.
+    gen = torch.Generator().manual_seed(11)
+    a = (scale * torch.randn(150, 7, generator=gen, dtype=torch.float64)).requires_grad_()
+    b = (scale * torch.randn(150, 7, generator=gen, dtype=torch.float64)).requires_grad_()
+    z = torch.cat([a, b])
+    logits = (z @ z.T / tau).masked_fill(torch.eye(300, dtype=torch.bool), float("-inf"))
+    partner = torch.cat([torch.arange(150, 300), torch.arange(150)])
+    expected = (torch.logsumexp(logits, 1) - logits[torch.arange(300), partner]).mean()
+    grads_expected = torch.autograd.grad(expected, (a, b))
+    a_, b_ = a.detach().to(dtype).requires_grad_(), b.detach().to(dtype).requires_grad_()
+    got = paired_info_nce(a_, b_, tau, block_rows=64)
+    grads = torch.autograd.grad(got, (a_, b_))
+    rtol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got.double(), expected, rtol=rtol, atol=0)
+    for grad, grad_expected in zip(grads, grads_expected, strict=True):
+        scale_ = grad_expected.abs().max().item()
+        torch.testing.assert_close(grad.double(), grad_expected, rtol=rtol, atol=rtol * scale_)
+
+
 def test_gradcheck_against_finite_differences():
     a, b = _probability_views(6, 3, seed=3)
     assert torch.autograd.gradcheck(lambda x, y: paired_info_nce(x, y, 0.3, block_rows=4), (a, b))

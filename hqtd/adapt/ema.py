@@ -29,10 +29,13 @@ class ModelEMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Average the parameters of ``model`` into :attr:`module` and copy its buffers."""
-        for ema_param, param in zip(self.module.parameters(), model.parameters(), strict=True):
-            ema_param.lerp_(param.detach(), 1.0 - self.decay)
-        for ema_buffer, buffer in zip(self.module.buffers(), model.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        ema_params, params = list(self.module.parameters()), list(model.parameters())
+        ema_buffers, buffers = list(self.module.buffers()), list(model.buffers())
+        if len(ema_params) != len(params) or len(ema_buffers) != len(buffers):
+            raise ValueError("the EMA copy and the model have different parameters or buffers")
+        # One multi-tensor call each instead of a call per tensor (hundreds for ResNet-101).
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
+        torch._foreach_copy_(ema_buffers, buffers)
 
     def state_dict(self) -> dict[str, Any]:
         """The averaged model's state dict (loadable into a model of the same configuration)."""

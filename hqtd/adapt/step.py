@@ -60,7 +60,7 @@ class Views(NamedTuple):
 
     weak: Tensor  # (B, 3, S, S) float in [0, 1]
     strong: Tensor  # (B, 3, S, S), the weak crop plus photometric augmentation
-    label: Tensor  # (B, S, S) int64
+    label: Tensor  # (B, S, S) int64 (or (B, C, S, S): the crop of a per-pixel map, see make_views)
 
 
 def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
@@ -79,7 +79,8 @@ def make_views(image: Tensor, label: Tensor, size: int, generator: torch.Generat
 
     Args:
         image: (B, 3, H, W) float in [0, 1].
-        label: (B, H, W) int64 (ground truth, or pseudo-labels for the target).
+        label: (B, H, W) int64 labels, or any (B, C, H, W) per-pixel map (e.g. logits), cropped
+            with the same nearest sampling.
         size: crop side S (512 in the paper).
         generator: draws the boxes and the augmentation.
     """
@@ -167,8 +168,11 @@ def mixed_target_views(
     """
     src = make_views(source["image"], source["label"], crop_size, generator)
     with torch.no_grad():
-        target_pseudo = pseudo_labels(teacher(target["image"]).main)
-    tgt = make_views(target["image"], target_pseudo, crop_size, generator)
+        target_logits = teacher(target["image"]).main  # (B, C, H', W')
+    tgt = make_views(target["image"], target_logits, crop_size, generator)
+    # Step 3 on the crop: nearest sampling takes one source pixel for all channels, so the argmax
+    # of the cropped logits is the crop of the full ŷ^t, computed on S² pixels instead of H'·W'.
+    target_label = pseudo_labels(tgt.label)
     if method.self_training:
         source_mask = classmix_masks(src.label, generator, method.quirk_classmix_offset)
     else:
@@ -179,7 +183,7 @@ def mixed_target_views(
         source_mask=source_mask,
         weak=mix(source_mask, src.weak, tgt.weak),
         strong=mix(source_mask, src.weak, tgt.strong),
-        label=mix(source_mask, src.label, tgt.label),
+        label=mix(source_mask, src.label, target_label),
     )
 
 

@@ -19,6 +19,10 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+# The per-image kernels behind F.adjust_hue (pinned torchvision): batched, they take one hue
+# shift per sample, which the public function (one factor per call) cannot.
+from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+
 # Jitter strengths: the magnitudes of albumentations' RandomBrightnessContrast and
 # HueSaturationValue defaults that the authors use (±0.2 brightness and contrast, hue ±20 of
 # OpenCV's 180 steps = ±1/9 turn, saturation ±30/255 ~ ±0.3 as a factor), in torchvision's
@@ -142,18 +146,29 @@ def strong_augment(
         return torch.where(jitter, value, torch.ones_like(value)).view(-1, 1, 1, 1)
 
     jitter = draws[:, 0] < p_jitter
-    x = _blend(x, torch.zeros_like(x), factor(1, BRIGHTNESS))
+    x = (factor(1, BRIGHTNESS) * x).clamp(0, 1)  # torchvision's blend with black
     mean_gray = F.rgb_to_grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
     x = _blend(x, mean_gray, factor(2, CONTRAST))
     x = _blend(x, F.rgb_to_grayscale(x), factor(3, SATURATION))
-    hue = torch.where(jitter, HUE * (2 * draws[:, 4] - 1), torch.zeros_like(draws[:, 4]))
-    x = torch.stack([F.adjust_hue(image, h) if h else image
-                     for image, h in zip(x, hue.tolist(), strict=True)])  # fmt: skip
+    # Unjittered samples keep their exact values (an HSV round trip would move them by rounding).
+    x = torch.where(jitter.view(-1, 1, 1, 1), _shift_hue(x, HUE * (2 * draws[:, 4] - 1)), x)
     gray = (draws[:, 5] < p_gray).view(-1, 1, 1, 1)
     x = torch.where(gray, F.rgb_to_grayscale(x, num_output_channels=3), x)
     blur = (draws[:, 6] < p_blur).view(-1, 1, 1, 1)
     blurred = F.gaussian_blur(x, [BLUR_KERNEL, BLUR_KERNEL], [BLUR_SIGMA, BLUR_SIGMA])
     return torch.where(blur, blurred, x)
+
+
+def _shift_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``adjust_hue`` for the whole batch at once, with a hue shift per sample.
+
+    Args:
+        x: (B, 3, h, w) float RGB in [0, 1].
+        hue: (B,) shifts in turns, in [-0.5, 0.5].
+    """
+    h, s, v = _rgb_to_hsv(x).unbind(dim=-3)
+    h = (h + hue.view(-1, 1, 1)).remainder(1.0)
+    return _hsv_to_rgb(torch.stack((h, s, v), dim=-3))
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,334 @@
+"""Adaptation step overhead: one full training iteration vs the model passes it needs, on CPU.
+
+The iteration is the body of hqtd.train's loop for method=full on the mini_gta5 configuration
+(mini model, batch 2 source + 2 target, 256×144 / 256×128 images, 96² crops): next batch from
+the loaders train.py builds, ``adaptation_step``, loss check, backward, SGD step, EMA update.
+The reference replays the same model calls on the same inputs (recorded from a real iteration:
+the same images, grad or no-grad as there) with a plain loss, the sum of exactly the outputs
+the step's loss used, and one backward. Everything else is overhead: data, views, mixing,
+pseudo-labels, losses, optimiser, EMA. The ratio of the two best times is held to 1.15.
+
+A second pass times the phases of instrumented iterations (exclusive CPU time: a phase nested in
+another is not counted twice) to show where the overhead goes.
+
+    .venv/bin/python -m bench.adapt_step [--quick]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from unittest import mock
+
+import torch
+from tabulate import tabulate
+from torch import Tensor, nn
+
+import hqtd.adapt.step as step_module
+from bench.common import Row, finish, parser, sample_times
+from bench.fixtures import CACHE, prepared_gta5
+from hqtd import train
+from hqtd.adapt.ema import ModelEMA
+from hqtd.config import Config, load_config
+from hqtd.evaluate import autocast
+from hqtd.models.deeplabv2 import build_model
+
+TARGET_RATIO = 1.15
+#: Functions of hqtd.adapt.step timed as phases (looked up there at call time, so patchable).
+PHASES = {
+    "views: crop + resize": ("sample_crop_boxes", "crop_resize"),
+    "views: strong augment": ("strong_augment",),
+    "pseudo-labels": ("pseudo_labels", "confident_labels", "aux_pseudo_labels"),
+    "mixing": ("classmix_masks", "mix", "target_to_source", "contrastive_labels", "boundary_band"),
+    "CE losses": ("cross_entropy",),
+    "pixel InfoNCE": ("pixel_contrastive_loss",),
+    "prototype InfoNCE": ("prototype_contrastive_loss",),
+    "step, rest": ("adaptation_step",),
+}
+
+
+class PhaseClock:
+    """Exclusive seconds per phase name (CPU seconds by default); ``with clock("name"):`` times a
+    block, and a block nested in another counts for its own name only."""
+
+    def __init__(self, timer: Callable[[], float] = time.process_time) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._timer = timer
+        self._children: list[float] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = self._timer()
+        self._children.append(0.0)
+        try:
+            yield
+        finally:
+            elapsed = self._timer() - start
+            self.seconds[name] += elapsed - self._children.pop()
+            if self._children:
+                self._children[-1] += elapsed
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            with self(name):
+                return fn(*args, **kwargs)
+
+        return timed
+
+    @contextlib.contextmanager
+    def patched(self) -> Iterator[None]:
+        """Time the :data:`PHASES` functions of hqtd.adapt.step while the block runs."""
+        with contextlib.ExitStack() as stack:
+            for phase, names in PHASES.items():
+                for name in names:
+                    timed = self.wrap(phase, getattr(step_module, name))
+                    stack.enter_context(mock.patch.object(step_module, name, timed))
+            yield
+
+
+@dataclass
+class ModelCall:
+    """One call of the model during a step: its input, whether it built a graph, and the output
+    fields (main, aux, main_small) that received a gradient in the step's backward."""
+
+    image: Tensor
+    grad: bool
+    used: set[str] = field(default_factory=set)
+
+
+class RecordingModel(nn.Module):
+    """Wraps the student: times its forward passes and, while ``recording``, records each call."""
+
+    def __init__(self, model: nn.Module, clock: PhaseClock | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.clock = clock
+        self.recording = False
+        self.calls: list[ModelCall] = []
+
+    def forward(self, image: Tensor):
+        with self.clock("model forward") if self.clock else contextlib.nullcontext():
+            out = self.model(image)
+        if self.recording:
+            call = ModelCall(image, torch.is_grad_enabled())
+            for name, tensor in out._asdict().items():
+                if tensor.requires_grad:
+                    tensor.register_hook(functools.partial(_mark_used, call.used, name))
+            self.calls.append(call)
+        return out
+
+
+def _mark_used(used: set[str], name: str, grad: Tensor) -> None:
+    used.add(name)
+
+
+def model_passes(
+    model: nn.Module, calls: list[ModelCall], device: torch.device, cfg: Config, clock=None
+) -> Callable[[], None]:
+    """The reference: the recorded calls again, a plain loss (sum of the used outputs), backward."""
+    timed = clock or (lambda name: contextlib.nullcontext())
+
+    def run() -> None:
+        model.zero_grad(set_to_none=True)
+        terms = []
+        with timed("model forward"):
+            for call in calls:
+                with torch.set_grad_enabled(call.grad), autocast(device, cfg.train.precision):
+                    out = model(call.image)
+                terms += [getattr(out, name).float().sum() for name in sorted(call.used)]
+        with timed("backward"):
+            torch.stack(terms).sum().backward()
+
+    return run
+
+
+@dataclass
+class Trainer:
+    """What the training loop holds for adaptation (see hqtd.train.run)."""
+
+    cfg: Config
+    runtime: train.Runtime
+    student: RecordingModel
+    ema: ModelEMA
+    optimizer: torch.optim.Optimizer
+    source: Iterator[dict]
+    target: Iterator[dict]
+    generator: torch.Generator
+    iteration: int = 0
+
+    def step(self, clock: PhaseClock | None = None) -> None:
+        """One iteration of hqtd.train.run's loop body (without logging and checkpoints)."""
+        timed = clock or (lambda name: contextlib.nullcontext())
+        cfg, device, model = self.cfg, self.runtime.device, self.student.model
+        seed = train.derive_seed(cfg.seed, train.STEP_STREAM, 0, self.iteration)
+        self.generator.manual_seed(seed)
+        with timed("data"):
+            batch = train.to_device(next(self.source), device, cfg.train.channels_last)
+            target = train.to_device(next(self.target), device, cfg.train.channels_last)
+        with timed("step, rest"), autocast(device, cfg.train.precision):
+            result = step_module.adaptation_step(
+                self.student, self.ema, batch, target, cfg, self.generator
+            )
+        with timed("loss check"):
+            train.check_finite(result.loss, result.terms, self.iteration + 1, self.runtime)
+        with timed("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            result.loss.backward()
+        with timed("optimizer"):
+            self.optimizer.step()
+        with timed("EMA"):
+            self.ema.update(model)
+        self.iteration += 1
+
+
+def mini_config() -> Config:
+    """method=full on mini_gta5 (its loader runs in-process) with the bench's fixtures as data."""
+    prepared_gta5("mini_gta5", 8, (256, 144))
+    prepared_gta5("mini_cityscapes", 8, (256, 128))
+    overrides = ["benchmark=mini_gta5", "method=full", f"data_root={CACHE}", "run_dir=unused",
+                 "train.device=cpu", "train.threads=1"]  # fmt: skip
+    return load_config(overrides)
+
+
+def build_trainer(
+    cfg: Config, batches: tuple[Iterator[dict], Iterator[dict]] | None = None
+) -> Trainer:
+    """Model, EMA, optimiser and data streams as hqtd.train.run builds them; ``batches`` (source,
+    target) replace the loaders of the configured datasets."""
+    runtime = train.setup_runtime(cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model).train()
+    ema = ModelEMA(model, cfg.method.ema_decay)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
+    model.to(runtime.device, memory_format=memory_format)
+    ema.module.to(runtime.device, memory_format=memory_format)
+    optimizer, _ = train.build_optimizer(model, cfg)
+    if batches is None:
+        source_set, target_set = train.stage_datasets(cfg)
+        batches = (
+            train.batches(source_set, train.SOURCE_STREAM, 0, cfg, runtime),
+            train.batches(target_set, train.TARGET_STREAM, 0, cfg, runtime),
+        )
+    return Trainer(
+        cfg=cfg,
+        runtime=runtime,
+        student=RecordingModel(model),
+        ema=ema,
+        optimizer=optimizer,
+        source=batches[0],
+        target=batches[1],
+        generator=torch.Generator(runtime.device),
+    )
+
+
+def record_calls(trainer: Trainer) -> list[ModelCall]:
+    """The model calls of one real iteration."""
+    trainer.student.recording, trainer.student.calls = True, []
+    trainer.step()
+    trainer.student.recording = False
+    return trainer.student.calls
+
+
+def breakdown(trainer: Trainer, calls: list[ModelCall], rounds: int):
+    """Median exclusive CPU seconds per phase of the iteration and of the reference, the two
+    instrumented in turn for ``rounds`` rounds."""
+    samples: dict[str, list[float]] = defaultdict(list)
+    for _ in range(rounds):
+        clock, reference = PhaseClock(), PhaseClock()
+        trainer.student.clock = clock
+        with clock.patched():
+            trainer.step(clock)
+        trainer.student.clock = None
+        model_passes(trainer.student.model, calls, trainer.runtime.device, trainer.cfg,
+                     reference)()  # fmt: skip
+        for name, seconds in clock.seconds.items():
+            samples[name].append(seconds)
+        for name, seconds in reference.seconds.items():
+            samples[f"reference: {name}"].append(seconds)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+@dataclass
+class Variant:
+    """A setting to measure besides the configuration as it is (diagnostics).
+
+    Attributes:
+        name: shown in the table.
+        preload: serve 8 batches loaded beforehand, round robin: the iteration without loading.
+        fill_new_tensors: ``torch.utils.deterministic.fill_uninitialized_memory``, on by default
+            whenever deterministic algorithms are, as hqtd.train turns them on for CPU; it fills
+            every tensor torch allocates with NaN.
+    """
+
+    name: str
+    preload: bool = False
+    fill_new_tensors: bool = True
+
+
+VARIANTS = [
+    Variant("as configured"),
+    Variant("batches preloaded", preload=True),
+    Variant("batches preloaded, no NaN fill", preload=True, fill_new_tensors=False),
+]
+
+
+def measure(variant: Variant, rounds: int) -> tuple[Trainer, list[ModelCall], list[float]]:
+    """Per-round ratios iteration / model passes, the two interleaved."""
+    trainer = build_trainer(mini_config())
+    torch.utils.deterministic.fill_uninitialized_memory = variant.fill_new_tensors
+    if variant.preload:
+        trainer.source = itertools.cycle([next(trainer.source) for _ in range(8)])
+        trainer.target = itertools.cycle([next(trainer.target) for _ in range(8)])
+    for _ in range(2):  # warm up the loaders and the kernels
+        trainer.step()
+    calls = record_calls(trainer)
+    passes = model_passes(trainer.student.model, calls, trainer.runtime.device, trainer.cfg)
+    times = sample_times({"iteration": trainer.step, "passes": passes}, rounds)
+    print(f"{variant.name}: best iteration {min(times['iteration']) * 1e3:.1f} ms, best model "
+          f"passes {min(times['passes']) * 1e3:.1f} ms")  # fmt: skip
+    return trainer, calls, [a / b for a, b in zip(times["iteration"], times["passes"], strict=True)]
+
+
+def print_breakdown(phases: dict[str, float], calls: list[ModelCall]) -> None:
+    shapes = ", ".join(
+        f"{tuple(call.image.shape)}{'' if call.grad else ' no-grad'}->{'+'.join(sorted(call.used))}"
+        for call in calls
+    )
+    print(f"method=full, mini_gta5, batch 2+2, one thread; model calls: {shapes}")
+    step_phases = {k: v for k, v in phases.items() if not k.startswith("reference: ")}
+    total = sum(step_phases.values())
+    lines = [[name, f"{s * 1e3:.1f}", f"{s / total:.1%}"] for name, s in
+             sorted(step_phases.items(), key=lambda item: -item[1])]  # fmt: skip
+    lines.append(["iteration (sum of phases)", f"{total * 1e3:.1f}", ""])
+    lines += [[name, f"{s * 1e3:.1f}", ""] for name, s in phases.items() if name not in step_phases]
+    print(tabulate(lines, headers=["phase (median exclusive CPU time)", "ms / iteration", "share"]))
+
+
+def main() -> None:
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    rounds = 10 if args.quick else 40
+    rows, lines = [], []
+    for index, variant in enumerate(VARIANTS):
+        trainer, calls, ratios = measure(variant, rounds)
+        if index == 0:
+            print_breakdown(breakdown(trainer, calls, 5 if args.quick else 15), calls)
+        median = statistics.median(ratios)
+        quartiles = statistics.quantiles(ratios, n=4)
+        lines.append([variant.name, f"{median:.3f}", f"{quartiles[0]:.3f} - {quartiles[2]:.3f}"])
+        rows.append(Row(f"adaptation step, mini, CPU: {variant.name}",
+                        "iteration / its model passes", f"{median:.3g}x",
+                        f"<= {TARGET_RATIO}", median <= TARGET_RATIO))  # fmt: skip
+    print(f"iteration / model passes, median and quartiles of {rounds} interleaved rounds")
+    print(tabulate(lines, headers=["variant", "median", "quartiles"]))
+    finish(rows, args.summary)
+
+
+if __name__ == "__main__":
+    main()
