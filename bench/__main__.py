@@ -1,6 +1,6 @@
 """Run the whole bench suite and print one summary table.
 
-    .venv/bin/python -m bench            # full: with the dense N=12,800 InfoNCE (~10 GiB)
+    .venv/bin/python -m bench            # full: with the dense N=12,800 InfoNCE (~15 GiB)
     .venv/bin/python -m bench --quick    # a couple of minutes
     .venv/bin/python -m bench --only prototype adapt_step
 
@@ -53,7 +53,7 @@ def main() -> None:
     parse.add_argument("--quick", action="store_true", help="smaller cases, a couple of minutes")
     parse.add_argument("--only", nargs="+", choices=SCRIPTS, help="run these scripts only")
     args = parse.parse_args()
-    print(f"bench suite: {' '.join(sys.argv)}\n{machine()}", flush=True)
+    print(f"bench suite: python -m bench {' '.join(sys.argv[1:])}\n{machine()}", flush=True)
     rows: list[Row] = []
     failed = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -98,16 +98,26 @@ def measure(variant: str, size, repeats: int, block_rows: int | None, out: Path)
     return run_child("bench.contrastive", args)
 
 
-def agreement(blockwise: dict, dense: dict) -> tuple[float, float, bool]:
+def float64_reference(size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Loss and gradients of the same inputs in float64 (blockwise: the dense float64 matrix
+    would not fit at N = 12,800; tests/test_adapt_contrastive.py checks the two agree in float64
+    to 1e-10), to show how far each float32 variant is from the exact value."""
+    strong, weak = (t.detach().double().requires_grad_() for t in logits(size))
+    loss = pixel_contrastive_loss(strong, weak, TAU)
+    loss.backward()
+    return {"loss": loss.detach(), "strong": strong.grad, "weak": weak.grad}
+
+
+def difference(got: dict, expected: dict) -> tuple[float, float, bool]:
     """Relative loss difference, largest gradient difference relative to the largest gradient,
     and whether they agree: loss to ``RTOL`` and every gradient entry to ``RTOL`` relative to
     itself, plus ``RTOL`` of the largest entry (entries near zero carry rounding from the sum)."""
-    loss_diff = abs(blockwise["loss"].item() / dense["loss"].item() - 1)
-    grads = torch.cat([blockwise["strong"].flatten(), blockwise["weak"].flatten()])
-    expected = torch.cat([dense["strong"].flatten(), dense["weak"].flatten()])
-    scale = expected.abs().max().item()
-    grad_diff = (grads - expected).abs().max().item() / scale
-    close = torch.allclose(grads, expected, rtol=RTOL, atol=RTOL * scale)
+    loss_diff = abs(got["loss"].item() / expected["loss"].item() - 1)
+    grads = torch.cat([got["strong"].flatten(), got["weak"].flatten()]).double()
+    reference = torch.cat([expected["strong"].flatten(), expected["weak"].flatten()]).double()
+    scale = reference.abs().max().item()
+    grad_diff = (grads - reference).abs().max().item() / scale
+    close = torch.allclose(grads, reference, rtol=RTOL, atol=RTOL * scale)
     return loss_diff, grad_diff, loss_diff <= RTOL and close
 
 
@@ -116,12 +126,13 @@ def compare(size: tuple[int, int], repeats: int, tmp: Path) -> tuple[list[Row], 
     n = size[0] * size[1]
     runs = {}
     for variant in ("blockwise", "dense"):
-        # The dense variant at N = 12,800 takes minutes and ~10 GiB: one run, timed and measured.
+        # The dense variant at N = 12,800 takes minutes and ~15 GiB: one run, timed and measured.
         times = 0 if variant == "dense" and n > DENSE_RUN_ONCE_ABOVE else repeats
         runs[variant] = measure(variant, size, times, None, tmp / f"{variant}.pt")
         runs[variant]["out"] = torch.load(tmp / f"{variant}.pt")
     block, dense = runs["blockwise"], runs["dense"]
-    loss_diff, grad_diff, agree = agreement(block["out"], dense["out"])
+    loss_diff, grad_diff, agree = difference(block["out"], dense["out"])
+    exact = float64_reference(size)
     memory = block["peak"] / dense["peak"]
     case = f"pixel InfoNCE N={n:,}"
     rows = [
@@ -132,10 +143,11 @@ def compare(size: tuple[int, int], repeats: int, tmp: Path) -> tuple[list[Row], 
         Row(case, "time blockwise / dense", ratio(block["seconds"], dense["seconds"]),
             f"<= {TIME_TARGET:g}x", block["seconds"] <= TIME_TARGET * dense["seconds"]),
     ]  # fmt: skip
-    details = [
-        [f"{n:,}", name, f"{run['peak'] / MIB:,.0f}", f"{run['seconds']:.2f}"]
-        for name, run in runs.items()
-    ]
+    details = []
+    for name, run in runs.items():
+        loss_error, grad_error, _ = difference(run["out"], exact)
+        details.append([f"{n:,}", name, f"{run['peak'] / MIB:,.0f}", f"{run['seconds']:.2f}",
+                        f"{loss_error:.1e}", f"{grad_error:.1e}"])  # fmt: skip
     return rows, details
 
 
@@ -169,7 +181,8 @@ def main() -> None:
             details += size_details
             blocks += block_sizes(size, args.repeats, Path(tmp))
     print(f"pixel InfoNCE forward+backward, C={NUM_CLASSES}, tau={TAU}, one thread (CPU s)")
-    print(tabulate(details, headers=["N", "variant", "peak MiB", "CPU s"]))
+    print(tabulate(details, headers=["N", "variant", "peak MiB", "CPU s", "loss error vs fp64",
+                                     "grad error vs fp64 (of max)"]))  # fmt: skip
     print(tabulate(blocks, headers=["N", "block rows", "peak MiB", "CPU s"]))
     finish(rows, args.summary)
 

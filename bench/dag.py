@@ -6,7 +6,7 @@ that engine's figure is "not run" (this script never starts the experiments). Ot
 no-op command runs a few times and its best wall time and CPU time (of the child processes) are
 reported, also per job of the DAG.
 
-    .venv/bin/python -m bench.dag [--quick]
+    .venv/bin/python -m bench.dag [--quick] [--root CHECKOUT]
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ SNAKEMAKE_UP_TO_DATE = "Nothing to be done"
 DVC_UP_TO_DATE = "Data and pipelines are up to date"
 
 
-def _run(command: list[str]) -> tuple[int, str, float, float]:
-    """Exit status, output, wall seconds and CPU seconds (user + system) of ``command``."""
+def _run(command: list[str], root: Path) -> tuple[int, str, float, float]:
+    """Exit status, output, wall seconds and CPU seconds (user + system) of ``command`` in
+    ``root``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -58,19 +59,21 @@ def engines() -> dict[str, tuple[list[str], list[str], str]]:
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    repeats = 2 if args.quick else 3
-    status, listing, _, _ = _run([str(BIN / "snakemake"), "-n", "--forceall", "--nolock"])
+    parse = parser(__doc__.splitlines()[0])
+    parse.add_argument("--root", type=Path, default=ROOT, help="checkout where the DAG ran")
+    args = parse.parse_args()
+    root, repeats = args.root, 2 if args.quick else 3
+    status, listing, _, _ = _run([str(BIN / "snakemake"), "-n", "--forceall", "--nolock"], root)
     jobs = _jobs(listing) if status == 0 else 0
     rows, lines = [], []
     for name, (check, no_op, up_to_date) in engines().items():
-        status, output, _, _ = _run(check)
+        status, output, _, _ = _run(check, root)
         if status != 0 or up_to_date not in output:
             reason = "out of date" if status == 0 else f"check failed: {output.strip()[-80:]}"
             lines.append([name, "not run", "", "", reason])
             rows.append(Row(f"DAG no-op: {name}", "wall s", "not run"))
             continue
-        runs = [_run(no_op) for _ in range(repeats)]
+        runs = [_run(no_op, root) for _ in range(repeats)]
         failed = [output for status, output, _, _ in runs if status != 0]
         if failed:
             lines.append([name, "not run", "", "", f"failed: {failed[0].strip()[-80:]}"])
@@ -82,7 +85,7 @@ def main() -> None:
         lines.append([name, f"{wall:.2f}", f"{cpu:.2f}", per_job, ""])
         rows.append(Row(f"DAG no-op: {name}", f"wall s (ms per job, {jobs} jobs)",
                         f"{wall:.2f} ({per_job})"))  # fmt: skip
-    print(f"no-op runs of the default (demo) grid's DAG, {jobs} jobs, best of {repeats}")
+    print(f"no-op runs of the default grid's DAG in {root}, {jobs} jobs, best of {repeats}")
     print(tabulate(lines, headers=["engine", "wall s", "CPU s", "wall ms / job", "note"]))
     finish(rows, args.summary)
 

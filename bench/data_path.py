@@ -13,6 +13,7 @@ either prepared with ``--resize 1280x720`` (images stored at that size) or resiz
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,29 +26,34 @@ from hqtd.config import load_config
 
 BATCH = 2
 GTA5_SIZE = (1914, 1052)
+MINI_SIZE = (256, 144)  # what hqtd synth writes for the mini GTA5
 SOURCE_SIZE = (1280, 720)
 
 
-def loader(benchmark: str, root: Path):
-    """Endless source batches as hqtd.train builds them for ``benchmark``, data from ``root``."""
+def loader(benchmark: str, root: Path) -> tuple[str, Iterator[dict]]:
+    """The source size of ``benchmark`` (WxH) and endless source batches as hqtd.train builds
+    them, data from ``root``."""
     overrides = [f"benchmark={benchmark}", "method=source_only", "run_dir=unused",
                  f"benchmark.source.root={root}", f"train.batch_size={BATCH}",
                  "train.num_workers=0", "train.device=cpu"]  # fmt: skip
     cfg = load_config(overrides)
     dataset, _ = train.stage_datasets(cfg)
-    return train.batches(dataset, train.SOURCE_STREAM, 0, cfg, train.Runtime(torch.device("cpu")))
+    runtime = train.Runtime(torch.device("cpu"))
+    width, height = cfg.benchmark.source_size
+    return f"{width}x{height}", train.batches(dataset, train.SOURCE_STREAM, 0, cfg, runtime)
 
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     setup_threads()
     count = 4  # images per fixture, read round robin
+    mini_size, mini = loader("mini_gta5", prepared_gta5("mini_gta5", 8, MINI_SIZE))
     cases = {
-        "mini 256x144": loader("mini_gta5", prepared_gta5("mini_gta5", 8, (256, 144))),
-        "paper, resized on load": loader("gta5", prepared_gta5("gta5_full", count, GTA5_SIZE)),
+        f"mini: {MINI_SIZE[0]}x{MINI_SIZE[1]} files, {mini_size} loaded": mini,
+        "paper, resized on load": loader("gta5", prepared_gta5("gta5_full", count, GTA5_SIZE))[1],
         "paper, pre-resized": loader(
             "gta5", prepared_gta5("gta5_1280x720", count, GTA5_SIZE, SOURCE_SIZE)
-        ),
+        )[1],
     }
     for batches in cases.values():
         next(batches)  # start the iterators
