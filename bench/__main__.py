@@ -29,6 +29,7 @@ SCRIPTS = (
     "label_conversion",
     "data_path",
     "prototype",
+    "argmax",
     "adapt_step",
     "dag",
     "gpu_step",

@@ -9,12 +9,14 @@ Memory. :func:`peak_memory` measures the resident set of the process, which is w
 actually uses, whatever allocates it (PyTorch, MKL scratch, glibc). Linux resets the high-water
 mark VmHWM to the current VmRSS when ``5`` is written to ``/proc/self/clear_refs``, so the peak of
 one call is VmHWM after it minus VmRSS before it. Run each variant in a fresh process
-(:func:`run_child`) so that no cached block of an earlier variant hides an allocation.
+(:func:`run_child`): in a long-lived one, memory freed earlier and still resident (glibc keeps
+some) can serve the call without growing the resident set.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
@@ -119,6 +121,7 @@ def _status(key: str) -> int:
 
 def peak_memory(call: Callable[[], Any]) -> int:
     """Bytes by which the resident set grew at its highest during ``call()`` (module docstring)."""
+    gc.collect()  # garbage freed during the call would hide part of its allocations
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     before = _status("VmRSS")
     call()

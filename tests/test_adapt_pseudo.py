@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from hqtd.adapt.pseudo import aux_pseudo_labels, channel_max, confident_labels, pseudo_labels
+from hqtd.adapt.pseudo import aux_pseudo_labels, confident_labels, pseudo_labels
 
 IGNORE = 255
 
@@ -13,6 +13,13 @@ def test_pseudo_labels_label_every_pixel():
     # Two pixels, 3 classes: argmax 2 and 0, whatever the confidence.
     logits = torch.tensor([[[[0.1, 5.0]], [[0.2, 1.0]], [[0.3, -1.0]]]])  # (1, 3, 1, 2)
     assert pseudo_labels(logits).tolist() == [[[2, 0]]]
+
+
+def test_ties_go_to_the_first_class():
+    # Pixel 0: classes 1 and 2 tie at the top; pixel 1: all three tie.
+    logits = torch.tensor([[[[0.0, 1.0]], [[3.0, 1.0]], [[3.0, 1.0]]]])  # (1, 3, 1, 2)
+    assert pseudo_labels(logits).tolist() == [[[1, 0]]]
+    assert aux_pseudo_labels(logits, logits).tolist() == [[[1, 0]]]
 
 
 def test_confident_mask_is_strictly_above_t_max():
@@ -40,20 +47,3 @@ def test_aux_labels_use_the_mean_of_both_softmaxes():
     main = torch.tensor([math.log(0.8), math.log(0.2), -1e4]).reshape(1, 3, 1, 1)
     aux = torch.tensor([math.log(0.3), math.log(0.7), -1e4]).reshape(1, 3, 1, 1)
     assert aux_pseudo_labels(main, aux).item() == 0
-
-
-def test_channel_max_is_torch_max_with_first_index_on_ties():
-    # Values from {0, 1, 2}: most pixels have tied maxima, where torch keeps the first index.
-    gen = torch.Generator().manual_seed(0)
-    for dtype in (torch.float32, torch.float64, torch.bfloat16):
-        x = torch.randint(0, 3, (2, 19, 7, 9), generator=gen).to(dtype)
-        values, indices = channel_max(x)
-        expected_values, expected_indices = torch.max(x, dim=1)
-        assert torch.equal(values, expected_values)
-        assert torch.equal(indices, expected_indices)
-
-
-def test_channel_max_keeps_nan_pixels_in_range():
-    x = torch.zeros(1, 4, 1, 2)
-    x[0, 1, 0, 0] = float("nan")
-    assert channel_max(x)[1].tolist() == [[[3, 0]]]
