@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from autograd_checks import assert_same_value_and_grads
 
 from hqtd.adapt.contrastive import (
     class_mean_logits,
@@ -127,13 +128,7 @@ def test_pixel_loss_is_the_mean_over_images_of_softmax_vectors():
         for i in range(2)
     ]
     expected = (per_image[0] + per_image[1]) / 2
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
-    for grad, ref in zip(
-        torch.autograd.grad(got, (strong, weak)),
-        torch.autograd.grad(expected, (strong, weak)),
-        strict=True,
-    ):
-        torch.testing.assert_close(grad, ref, rtol=1e-8, atol=1e-12)
+    assert_same_value_and_grads(got, expected, (strong, weak))
 
 
 def test_class_mean_logits_hand_computed():
@@ -182,13 +177,7 @@ def test_prototype_loss_matches_class_loop(first_image_only, tau):
     labels[1, :3] = 4  # a class present in one image only
     got = prototype_contrastive_loss(strong, weak, labels, tau, first_image_only)
     expected = loop_prototype_loss(strong, weak, labels, tau, first_image_only)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
-    for grad, ref in zip(
-        torch.autograd.grad(got, (strong, weak)),
-        torch.autograd.grad(expected, (strong, weak)),
-        strict=True,
-    ):
-        torch.testing.assert_close(grad, ref, rtol=1e-8, atol=1e-12)
+    assert_same_value_and_grads(got, expected, (strong, weak))
 
 
 def test_prototype_single_class_and_empty_images():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from autograd_checks import assert_same_value_and_grads
 from torch import nn
 
 from bench.adapt_step import PhaseClock, RecordingModel, model_passes
@@ -28,13 +29,7 @@ def test_dense_reference_matches_the_blockwise_loss():
     weak = torch.randn(2, 5, 6, 7, generator=gen, dtype=torch.float64, requires_grad=True)
     expected = dense_pixel_loss(strong, weak, 0.05)
     got = pixel_contrastive_loss(strong, weak, 0.05, block_rows=16)
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
-    for grad, ref in zip(
-        torch.autograd.grad(got, (strong, weak)),
-        torch.autograd.grad(expected, (strong, weak)),
-        strict=True,
-    ):
-        torch.testing.assert_close(grad, ref, rtol=1e-8, atol=1e-12)
+    assert_same_value_and_grads(got, expected, (strong, weak))
 
 
 def test_loop_reference_matches_the_vectorised_prototype_loss():
