@@ -6,7 +6,8 @@ and ``import torchvision`` fails with ``operator torchvision::nms does not exist
 schemas ourselves lets the pure-Python parts (models, ``transforms.v2``, ``tv_tensors``) import;
 the C++ ops and ``torchvision.io`` stay unavailable. Where ``_C`` loads, this module does nothing.
 
-Importing :mod:`hqtd` runs this; tests import :mod:`hqtd` before torchvision or torchmetrics.
+Importing :mod:`hqtd` arranges for this module to run just before torchvision is first imported
+(torchmetrics imports torchvision too); tests import :mod:`hqtd` before either.
 """
 
 from __future__ import annotations

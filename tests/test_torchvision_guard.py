@@ -27,3 +27,16 @@ def test_guard_is_a_noop_when_compiled_ops_load(monkeypatch):
 
     monkeypatch.setattr(guard, "_compiled_ops_load", lambda: True)
     assert guard._define_missing_schemas() is None
+
+
+def test_import_hqtd_defers_torch_until_torchvision_is_imported():
+    code = (
+        "import sys, hqtd, hqtd.grid\n"
+        "assert 'torch' not in sys.modules, 'import hqtd pulled in torch'\n"
+        "import torchvision\n"
+        "assert 'hqtd._torchvision_guard' in sys.modules\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
