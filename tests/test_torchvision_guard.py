@@ -4,6 +4,13 @@ import subprocess
 import sys
 
 
+def _run_python(code: str) -> str:
+    """stdout of ``code`` run in a fresh interpreter, which must exit 0."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def test_torchvision_v2_and_torchmetrics_import_after_hqtd():
     code = (
         "import hqtd, torch\n"
@@ -17,9 +24,7 @@ def test_torchvision_v2_and_torchmetrics_import_after_hqtd():
         "models.resnet18(weights=None)\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    assert _run_python(code) == "ok"
 
 
 def test_guard_is_a_noop_when_compiled_ops_load(monkeypatch):
@@ -37,6 +42,4 @@ def test_import_hqtd_defers_torch_until_torchvision_is_imported():
         "assert 'hqtd._torchvision_guard' in sys.modules\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    assert _run_python(code) == "ok"
