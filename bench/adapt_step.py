@@ -97,11 +97,13 @@ class PhaseClock:
 
 @dataclass
 class ModelCall:
-    """One call of the model during a step: its input, whether it built a graph, and the output
-    fields (main, aux, main_small) that received a gradient in the step's backward."""
+    """One call of the model during a step: its input, whether it built a graph, whether it ran
+    the aux head, and the output fields (main, aux, main_small) that received a gradient in the
+    step's backward."""
 
     image: Tensor
     grad: bool
+    aux: bool = True
     used: set[str] = field(default_factory=set)
 
 
@@ -115,13 +117,13 @@ class RecordingModel(nn.Module):
         self.recording = False
         self.calls: list[ModelCall] = []
 
-    def forward(self, image: Tensor):
+    def forward(self, image: Tensor, aux: bool = True):
         with self.clock("model forward") if self.clock else contextlib.nullcontext():
-            out = self.model(image)
+            out = self.model(image, aux=aux)
         if self.recording:
-            call = ModelCall(image, torch.is_grad_enabled())
+            call = ModelCall(image, torch.is_grad_enabled(), aux)
             for name, tensor in out._asdict().items():
-                if tensor.requires_grad:
+                if tensor is not None and tensor.requires_grad:
                     tensor.register_hook(functools.partial(_mark_used, call.used, name))
             self.calls.append(call)
         return out
@@ -134,7 +136,8 @@ def _mark_used(used: set[str], name: str, grad: Tensor) -> None:
 def model_passes(
     model: nn.Module, calls: list[ModelCall], device: torch.device, cfg: Config, clock=None
 ) -> Callable[[], None]:
-    """The reference: the recorded calls again, a plain loss (sum of the used outputs), backward."""
+    """The reference: the recorded calls again (with the aux head where the step ran it), a plain
+    loss (sum of the used outputs), backward."""
     timed = clock or (lambda name: contextlib.nullcontext())
 
     def run() -> None:
@@ -143,7 +146,7 @@ def model_passes(
         with timed("model forward"):
             for call in calls:
                 with torch.set_grad_enabled(call.grad), autocast(device, cfg.train.precision):
-                    out = model(call.image)
+                    out = model(call.image, aux=call.aux)
                 terms += [getattr(out, name).float().sum() for name in sorted(call.used)]
         with timed("backward"):
             torch.stack(terms).sum().backward()
@@ -279,7 +282,8 @@ def variants(trainer: Trainer, calls: list[ModelCall]) -> dict[str, Callable[[],
 
 def print_breakdown(phases: dict[str, float], calls: list[ModelCall]) -> None:
     shapes = ", ".join(
-        f"{tuple(call.image.shape)}{'' if call.grad else ' no-grad'}->{'+'.join(sorted(call.used))}"
+        f"{tuple(call.image.shape)}{'' if call.grad else ' no-grad'}{'' if call.aux else ' no-aux'}"
+        f"->{'+'.join(sorted(call.used))}"
         for call in calls
     )
     print(f"method=full, mini_gta5, batch 2+2, one thread; model calls: {shapes}")

@@ -19,7 +19,7 @@ def test_ties_go_to_the_first_class():
     # Pixel 0: classes 1 and 2 tie at the top; pixel 1: all three tie.
     logits = torch.tensor([[[[0.0, 1.0]], [[3.0, 1.0]], [[3.0, 1.0]]]])  # (1, 3, 1, 2)
     assert pseudo_labels(logits).tolist() == [[[1, 0]]]
-    assert aux_pseudo_labels(logits, logits).tolist() == [[[1, 0]]]
+    assert aux_pseudo_labels(logits.softmax(dim=1), logits).tolist() == [[[1, 0]]]
 
 
 def test_confident_mask_is_strictly_above_t_max():
@@ -42,8 +42,8 @@ def test_aux_labels_use_the_mean_of_both_softmaxes():
     main = torch.tensor([math.log(0.6), math.log(0.4), -1e4]).reshape(1, 3, 1, 1)
     aux = torch.tensor([math.log(0.1), math.log(0.9), -1e4]).reshape(1, 3, 1, 1)
     assert pseudo_labels(main).item() == 0
-    assert aux_pseudo_labels(main, aux).item() == 1
+    assert aux_pseudo_labels(main.softmax(dim=1), aux).item() == 1
     # Main (0.8, 0.2), aux (0.3, 0.7): mean (0.55, 0.45) -> 0 although aux says 1.
     main = torch.tensor([math.log(0.8), math.log(0.2), -1e4]).reshape(1, 3, 1, 1)
     aux = torch.tensor([math.log(0.3), math.log(0.7), -1e4]).reshape(1, 3, 1, 1)
-    assert aux_pseudo_labels(main, aux).item() == 0
+    assert aux_pseudo_labels(main.softmax(dim=1), aux).item() == 0

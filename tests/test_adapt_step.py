@@ -52,15 +52,15 @@ class TinySegmenter(nn.Module):
         self.main = nn.Conv2d(8, num_classes, 1)
         self.aux = nn.Conv2d(8, num_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> SegOutput:
+    def forward(self, x: torch.Tensor, aux: bool = True) -> SegOutput:
         features = F.avg_pool2d(self.features(x), 8, ceil_mode=True)
         main_small, aux_small = 30.0 * self.main(features), self.aux(features)
         size = x.shape[-2:]
-        return SegOutput(
-            F.interpolate(main_small, size=size, mode="bilinear", align_corners=False),
-            F.interpolate(aux_small, size=size, mode="bilinear", align_corners=False),
-            main_small,
-        )
+        main = F.interpolate(main_small, size=size, mode="bilinear", align_corners=False)
+        if not aux:
+            return SegOutput(main, None, main_small)
+        aux_logits = F.interpolate(aux_small, size=size, mode="bilinear", align_corners=False)
+        return SegOutput(main, aux_logits, main_small)
 
 
 def _batches():

@@ -56,9 +56,9 @@ class _Segmenter(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, 2, 1)
 
-    def forward(self, x):
+    def forward(self, x, aux=True):
         small = self.conv(x)
-        return SegOutput(small * 2, small * 3, small)
+        return SegOutput(small * 2, small * 3 if aux else None, small)
 
 
 def test_recorder_sees_the_outputs_a_loss_used_and_replays_the_calls():
@@ -67,9 +67,10 @@ def test_recorder_sees_the_outputs_a_loss_used_and_replays_the_calls():
     first, second = torch.rand(1, 3, 4, 4), torch.rand(2, 3, 4, 4)
     with torch.no_grad():
         model(torch.rand(1, 3, 4, 4))
-    (model(first).aux.sum() + model(second).main_small.sum()).backward()
+    (model(first).aux.sum() + model(second, aux=False).main_small.sum()).backward()
     calls = model.calls
     assert [call.grad for call in calls] == [False, True, True]
+    assert [call.aux for call in calls] == [True, True, False]
     assert [call.used for call in calls] == [set(), {"aux", "main_small"}, {"main_small"}]
     assert calls[1].image is first
     # The replay runs the same calls (grad or not) and a backward through the used outputs.

@@ -179,3 +179,22 @@ def test_bad_model_config(overrides):
 def test_deterministic_construction():
     a, b = _model(seed=3).state_dict(), _model(seed=3).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_skipping_aux_keeps_main_and_its_gradient():
+    # Same weights, same input, train mode (batch statistics): with aux=False the aux head is not
+    # run, and main, main_small and every parameter's gradient from a loss on main are unchanged.
+    image = torch.rand(2, 3, 48, 64)
+    grads = []
+    for aux in (True, False):
+        model = _model(seed=3).train()
+        out = model(image, aux=aux)
+        assert (out.aux is None) is not aux
+        (out.main.square().mean() + out.main_small.mean()).backward()
+        grad = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+        grads.append((out.main.detach(), out.main_small.detach(), grad))
+    (main, small, with_aux), (main_skip, small_skip, without_aux) = grads
+    assert torch.equal(main, main_skip) and torch.equal(small, small_skip)
+    assert with_aux.keys() == without_aux.keys()
+    assert not any(name.startswith("head_aux") for name in without_aux)
+    assert all(torch.equal(with_aux[name], without_aux[name]) for name in with_aux)

@@ -39,15 +39,16 @@ def confident_labels(probs: Tensor, t_max: float) -> tuple[Tensor, Tensor]:
     return mask, labels.masked_fill(~mask, IGNORE)
 
 
-def aux_pseudo_labels(main_logits: Tensor, aux_logits: Tensor) -> Tensor:
+def aux_pseudo_labels(main_probs: Tensor, aux_logits: Tensor) -> Tensor:
     """Step 7: ``y^{w,aux} = argmax ½(softmax(z) + softmax(a))`` on the weak view, no threshold.
 
     Args:
-        main_logits: main-head logits (B, C, H, W) of the weak view.
+        main_probs: ``softmax(z)`` (B, C, H, W) of the weak view, i.e. p^w of step 5 (computed
+            once for both steps).
         aux_logits: aux-head logits (B, C, H, W) of the weak view.
 
     Returns:
         (B, H, W) int64 class ids.
     """
     # The ½ does not change the argmax; the sum of the two softmaxes is what decides.
-    return (main_logits.softmax(dim=1) + aux_logits.softmax(dim=1)).max(dim=1).indices
+    return (main_probs + aux_logits.softmax(dim=1)).max(dim=1).indices

@@ -168,7 +168,7 @@ def mixed_target_views(
     """
     src = make_views(source["image"], source["label"], crop_size, generator)
     with torch.no_grad():
-        target_logits = teacher(target["image"]).main  # (B, C, H', W')
+        target_logits = teacher(target["image"], aux=False).main  # (B, C, H', W')
     tgt = make_views(target["image"], target_logits, crop_size, generator)
     # Step 3 on the crop: nearest sampling takes one source pixel for all channels, so the argmax
     # of the cropped logits is the crop of the full ŷ^t, computed on S² pixels instead of H'·W'.
@@ -188,14 +188,15 @@ def mixed_target_views(
 
 
 def self_training_terms(
-    out_strong: SegOutput, out_weak: SegOutput, views: MixedTarget, edge: bool
+    out_strong: SegOutput, weak_probs: Tensor, weak_aux: Tensor, views: MixedTarget, edge: bool
 ) -> dict[str, Tensor]:
     """Step 7 (and the §5 band of M^s): CE on the mixed strong view.
 
     ``L_st = CE(z(x̃^{t,s}), ỹ^t)``, ``L_st,aux = CE(a(x̃^{t,s}), y^{w,aux})``; with ``edge`` the same
-    two losses restricted to the band of the pasted source mask.
+    two losses restricted to the band of the pasted source mask. ``weak_probs`` is p^w (step 5),
+    ``weak_aux`` the aux-head logits of the same weak view, both detached.
     """
-    aux_label = aux_pseudo_labels(out_weak.main.detach(), out_weak.aux.detach())
+    aux_label = aux_pseudo_labels(weak_probs, weak_aux)
     terms = {
         "st": cross_entropy(out_strong.main, views.label),
         "st_aux": cross_entropy(out_strong.aux, aux_label),
@@ -227,12 +228,12 @@ def target_to_source_terms(
     paste_mask, paste_label = weak_mask, weak_label
     if method.edge:
         with torch.no_grad():
-            crop_probs = teacher(views.target_weak).main.softmax(dim=1)
+            crop_probs = teacher(views.target_weak, aux=False).main.softmax(dim=1)
         crop_mask, crop_label = confident_labels(crop_probs, method.t_max)
         paste_mask = crop_mask | source_mask
         paste_label = mix(source_mask, src.label, crop_label)
     x_ts, y_ts = target_to_source(paste_mask, views.strong, paste_label, src.strong, src.label)
-    logits = student(x_ts).main
+    logits = student(x_ts, aux=False).main
     kept = 1 if method.quirk_t2s_first_image else len(y_ts)
     terms = {"mix": cross_entropy(logits[:kept], y_ts[:kept])}
     if method.edge:
@@ -303,13 +304,18 @@ def adaptation_step(
 
     teacher = ema.module if method.pseudo_label_model is PseudoLabelModel.ema else student
     views = mixed_target_views(teacher, source, target, method, cfg.benchmark.crop_size, generator)
-    # Forward order as the authors': strong view, then weak view (steps 7 and 5).
-    out_strong = student(views.strong) if method.self_training or contrastive else None
+    # Forward order as the authors': strong view, then weak view (steps 7 and 5). The aux head
+    # is only used by self-training (L_st,aux and its pseudo-labels y^{w,aux}).
+    aux = method.self_training
+    out_strong = student(views.strong, aux=aux) if method.self_training or contrastive else None
     with torch.set_grad_enabled(contrastive and torch.is_grad_enabled()):
-        out_weak = student(views.weak)
-    weak_mask, weak_label = confident_labels(out_weak.main.detach().softmax(dim=1), method.t_max)
+        out_weak = student(views.weak, aux=aux)
+    weak_probs = out_weak.main.detach().softmax(dim=1)
+    weak_mask, weak_label = confident_labels(weak_probs, method.t_max)
     if method.self_training:
-        terms |= self_training_terms(out_strong, out_weak, views, method.edge)
+        terms |= self_training_terms(
+            out_strong, weak_probs, out_weak.aux.detach(), views, method.edge
+        )
     if method.t2s:
         terms |= target_to_source_terms(student, teacher, views, weak_mask, weak_label, method)
     if contrastive:

@@ -34,7 +34,7 @@ class SegOutput(NamedTuple):
     """What :meth:`DeepLabV2.forward` returns (METHOD.md notation ``z``, ``a``, ``ẑ``)."""
 
     main: Tensor  # (B, C, H, W) main-head logits upsampled to the input size
-    aux: Tensor  # (B, C, H, W) aux-head logits upsampled to the input size
+    aux: Tensor | None  # (B, C, H, W) aux-head logits upsampled to the input size (None: skipped)
     main_small: Tensor  # (B, C, h, w) main-head logits at stride 8
 
 
@@ -99,15 +99,21 @@ class DeepLabV2(nn.Module):
         """(B, 3, H, W) RGB in [0, 1] -> the network's input convention (see ``input_style``)."""
         return (x[:, self.channel_order] - self.pixel_mean) / self.pixel_std
 
-    def forward(self, x: Tensor) -> SegOutput:
-        """(B, 3, H, W) RGB in [0, 1] -> :class:`SegOutput` (bilinear, align_corners=False)."""
+    def forward(self, x: Tensor, aux: bool = True) -> SegOutput:
+        """(B, 3, H, W) RGB in [0, 1] -> :class:`SegOutput` (bilinear, align_corners=False).
+
+        ``aux=False`` skips the aux head and its upsampling (``SegOutput.aux`` is None) for callers
+        that use only the main head; ``main`` and its gradient are the same either way.
+        """
         features = self.backbone(self.normalise(x))
         main_small = self.head_main(features["main"])  # (B, C, h, w), stride 8
-        aux_small = self.head_aux(features["aux"])
+        aux_small = self.head_aux(features["aux"]) if aux else None
         size = x.shape[-2:]
         main = F.interpolate(main_small, size=size, mode="bilinear", align_corners=False)
-        aux = F.interpolate(aux_small, size=size, mode="bilinear", align_corners=False)
-        return SegOutput(main, aux, main_small)
+        if aux_small is None:
+            return SegOutput(main, None, main_small)
+        aux_logits = F.interpolate(aux_small, size=size, mode="bilinear", align_corners=False)
+        return SegOutput(main, aux_logits, main_small)
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         """SGD parameter groups: trainable backbone parameters at ``lr``, both heads at
