@@ -1,8 +1,9 @@
 """Adaptation step overhead: one full training iteration vs the model passes it needs, on CPU.
 
 The iteration is the body of hqtd.train's loop for method=full on the mini_gta5 configuration
-(mini model, batch 2 source + 2 target at the sizes params/benchmark/mini_gta5.yaml sets, read
-from 256×144 / 256×128 files like hqtd synth's, 96² crops): next batch from the loaders
+(mini model, batch 2 source + 2 target at the sizes params/benchmark/mini_gta5.yaml sets: the
+source read from files pre-resized to 192×108 as params/grid.yaml prepares it, the target from
+256×128 files like hqtd synth's, resized on load; 96² crops): next batch from the loaders
 train.py builds, ``adaptation_step``, loss check, backward, SGD step, EMA update. The reference
 replays the same model calls on the same inputs (recorded from a real iteration: the same images,
 grad or no-grad as there) with a plain loss, the sum of the outputs the step's loss used, and one
@@ -194,11 +195,14 @@ class Trainer:
 
 
 def mini_config() -> Config:
-    """method=full on mini_gta5 (its loader runs in-process) with the bench's fixtures as data."""
-    prepared_gta5("mini_gta5", 8, (256, 144))
+    """method=full on mini_gta5 (its loader runs in-process) with the bench's fixtures as data:
+    the source pre-resized to its 192×108 as params/grid.yaml prepares it, the target resized on
+    load."""
+    source = prepared_gta5("mini_gta5_192x108", 8, (256, 144), resize=(192, 108))
     prepared_gta5("mini_cityscapes", 8, (256, 128))
     overrides = ["benchmark=mini_gta5", "method=full", f"data_root={CACHE}", "run_dir=unused",
-                 "train.device=cpu", "train.threads=1"]  # fmt: skip
+                 f"benchmark.source.root={source}", "train.device=cpu",
+                 "train.threads=1"]  # fmt: skip
     return load_config(overrides)
 
 
