@@ -10,7 +10,7 @@ that ``grid.yaml`` spells out for ``dvc.yaml`` are checked against them here.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path, PurePosixPath
 
@@ -155,6 +155,22 @@ class Grid:
     def methods(self) -> tuple[str, ...]:
         """Every method of the grid in table order: supervised first, then adapted."""
         return self.supervised + self.adapted
+
+    def narrowed(self, seeds: list[int] | None = None, overrides: str = "") -> Grid:
+        """This grid with only ``seeds`` (None: all of its seeds) and ``overrides`` appended to
+        its own (Snakemake's ``--config seeds=... overrides=...``, e.g. for a quick pass).
+
+        Raises:
+            HqtdError: ``seeds`` is empty or names a seed the grid does not have (its tables would
+                leave that run out).
+        """
+        if seeds is not None and not (seeds and set(seeds) <= set(self.seeds)):
+            raise HqtdError(
+                f"seeds {seeds}: expected a non-empty subset of grid {self.name!r}'s "
+                f"seeds {list(self.seeds)}"
+            )
+        kept = self.seeds if seeds is None else tuple(s for s in self.seeds if s in seeds)
+        return replace(self, seeds=kept, overrides=self.overrides + tuple(shlex.split(overrides)))
 
     def runs(self) -> list[Run]:
         """The grid's runs, benchmark-major, then method, then seed."""

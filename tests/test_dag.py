@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hqtd.grid import load_grid, protocols
+from hqtd.grid import Grid, load_grid, protocols
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -32,20 +32,21 @@ def normalise(command: str) -> str:
     return " ".join(words)
 
 
-def expected_commands() -> set[str]:
-    """Every command of the default grid's DAG, built from hqtd.grid alone."""
-    grid = load_grid()
+def expected_commands(grid: Grid | None = None, data_root: str = "data") -> set[str]:
+    """Every command of a grid's DAG (default: the default grid), built from hqtd.grid alone."""
+    grid = load_grid() if grid is None else grid
     commands = {
         "hqtd tables --out results/tables --grid " + grid.name,
         f"hqtd figures --out results/figures/{grid.name} --grid {grid.name}",
     }
     if grid.synth:
-        commands.add("hqtd synth --out data/raw")
+        commands.add(f"hqtd synth --out {data_root}/raw")
     for dataset, fmt in grid.datasets.items():
-        args = [fmt, "--root", f"data/raw/{dataset}", "--out", f"data/prepared/{dataset}"]
-        commands.add(" ".join(["hqtd", "prepare", *args, *grid.prepare_args[dataset]]))
+        raw, prepared = f"{data_root}/raw/{dataset}", f"{data_root}/prepared/{dataset}"
+        args = [fmt, "--root", raw, "--out", prepared, *grid.prepare_args[dataset]]
+        commands.add(" ".join(["hqtd", "prepare", *args]))
     for run in grid.runs():
-        commands.add("hqtd train " + " ".join(run.train_overrides("data", grid.overrides)))
+        commands.add("hqtd train " + " ".join(run.train_overrides(data_root, grid.overrides)))
         for protocol in protocols():
             commands.add(f"hqtd evaluate run_dir={run.run_dir} protocol={protocol}")
     return commands
@@ -55,12 +56,12 @@ def expected_metrics() -> set[str]:
     return {f"{r.run_dir}/eval/{p}/metrics.json" for r in load_grid().runs() for p in protocols()}
 
 
-@pytest.fixture(scope="module")
-def snakemake_jobs() -> list[dict[str, str]]:
-    """The jobs of `snakemake -n -p` (default target, default grid): rule, output, shell command."""
+def dry_run_jobs(cwd: Path = ROOT, config: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """The jobs of `snakemake -n -p` (default target) in ``cwd`` with ``--config config``: rule,
+    output and shell command of each."""
     result = subprocess.run(
-        [BIN / "snakemake", "-n", "-p", "--forceall", "--cores", "2"],
-        cwd=ROOT,
+        [BIN / "snakemake", "-n", "-p", "--forceall", "--cores", "2", "--config", *config],
+        cwd=cwd,
         capture_output=True,
         text=True,
         check=True,
@@ -75,6 +76,12 @@ def snakemake_jobs() -> list[dict[str, str]]:
         elif job is not None and line.startswith("Shell command: ") and job["rule"] != "all":
             job["shell"] = line[len("Shell command: ") :]
     return jobs
+
+
+@pytest.fixture(scope="module")
+def snakemake_jobs() -> list[dict[str, str]]:
+    """The dry-run jobs of the default grid."""
+    return dry_run_jobs()
 
 
 @pytest.fixture(scope="module")

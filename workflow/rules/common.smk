@@ -20,7 +20,16 @@ envvars:
 
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
-GRID = load_grid(config.get("grid"))
+
+def config_seeds() -> list[int] | None:
+    """--config seeds: null, one seed, or a list (whose items Snakemake passes as strings)."""
+    seeds = config.get("seeds")
+    if seeds is None:
+        return None
+    return [int(seed) for seed in (seeds if isinstance(seeds, list) else [seeds])]
+
+
+GRID = load_grid(config.get("grid")).narrowed(config_seeds(), config["overrides"] or "")
 RUNS = GRID.runs()
 PROTOCOLS = protocols()
 DATA_ROOT = config["data_root"]
