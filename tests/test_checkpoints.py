@@ -245,11 +245,22 @@ def test_missing_head_of_authors_checkpoint_is_an_error(tmp_path):
     assert _equal_states(model, _mini(seed=1), prefix="head_")
 
 
-def test_hqtd_checkpoint_with_other_branch_count_is_an_error(tmp_path):
+def test_four_branch_hqtd_checkpoint_initialises_two_branch_model(tmp_path):
+    """`official` (2 branches) starts from source_only's 4-branch checkpoint: branches 0 and 1."""
     path = tmp_path / "four.pt"
-    _hqtd_checkpoint(path, _mini(seed=0, branches=4), _mini(seed=0, branches=4))
-    with pytest.raises(HqtdError, match="unexpected keys: head_aux.branches.2.bias"):
-        load_weights(_mini(seed=1, branches=2), path)
+    four = _mini(seed=0, branches=4)
+    _hqtd_checkpoint(path, _mini(seed=2, branches=4), four)
+    model = _mini(seed=1, branches=2)
+    load_weights(model, path)
+    four_state = four.state_dict()
+    assert all(torch.equal(v, four_state[k]) for k, v in model.state_dict().items())
+
+
+def test_two_branch_hqtd_checkpoint_into_four_branch_model_is_an_error(tmp_path):
+    path = tmp_path / "two.pt"
+    _hqtd_checkpoint(path, _mini(seed=0, branches=2), _mini(seed=0, branches=2))
+    with pytest.raises(HqtdError, match="missing keys: head_aux.branches.2.bias"):
+        load_weights(_mini(seed=1, branches=4), path)
 
 
 def test_wrong_class_count_is_a_shape_error(tmp_path):

@@ -22,10 +22,9 @@ from hqtd.errors import HqtdError
 from hqtd.grid import Grid, load_grid, protocols
 
 #: Every `hqtd train` of the slow test: the mini network at a few pixels, two iterations per stage,
-#: on the CPU. `model.aspp_branches=2` for every run because `official` (2 branches) cannot yet
-#: start from a 4-branch source-only checkpoint (the loader rejects the extra branches).
+#: on the CPU (`official`'s 2-branch model starts from the 4-branch source-only checkpoint).
 TINY = (
-    "model=mini model.mini_width=8 model.aspp_branches=2 benchmark.source_size=[32,18] "
+    "model=mini model.mini_width=8 benchmark.source_size=[32,18] "
     "benchmark.target_size=[32,16] benchmark.crop_size=16 train.iterations=2 "
     "train.source_only_iterations=2 train.eval_every=2 train.checkpoint_every=2 "
     "train.batch_size=1 train.num_workers=0 train.threads=1 train.device=cpu"

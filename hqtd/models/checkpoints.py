@@ -11,8 +11,9 @@ Supported (METHOD.md §2):
 
 A load is all or nothing: a key the model lacks or a model key the file lacks is an error that lists
 them. The only keys dropped are the three unused authors' parameters, the ``fc`` classifier of an
-ImageNet file, the heads of an init file, and the ASPP branches beyond ``aspp_branches`` that the
-authors' checkpoints always store.
+ImageNet file, the heads of an init file, and the ASPP branches beyond the model's
+``aspp_branches`` (the authors' files always store four; a 4-branch hqtd checkpoint initialises a
+2-branch ``official`` run the same way).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _unwrap(obj: object, path: Path, entry: str) -> tuple[dict[str, Tensor], boo
     return state, native
 
 
-def _to_hqtd(state: dict[str, Tensor], aspp_branches: int) -> tuple[dict[str, Tensor], bool]:
+def _to_hqtd(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], bool]:
     """An authors'/ImageNet state dict in hqtd's layout, and whether it carries heads.
 
     ImageNet files (torchvision: ``fc.*``; authors' init: ``Scale.*``) give the backbone only.
@@ -111,8 +112,7 @@ def _to_hqtd(state: dict[str, Tensor], aspp_branches: int) -> tuple[dict[str, Te
     state = from_authors_layout(state)
     if imagenet:
         return {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}, False
-    # The authors' ASPP stores four branches even where its forward pass sums only two.
-    return {k: v for k, v in state.items() if _branch(k) < aspp_branches}, True
+    return state, True
 
 
 def _branch(key: str) -> int:
@@ -186,8 +186,12 @@ def load_weights(
     state, native = _unwrap(_read(path), path, entry)
     with_heads = True
     if not native:
-        aspp_branches = len(model.head_main.branches)
-        state, with_heads = _to_hqtd(state, aspp_branches)
+        state, with_heads = _to_hqtd(state)
+    # A 2-branch model (the authors' ASPP, which sums only the first two) takes the first two of
+    # a file's four branches: the authors' files always store four, and hqtd's `official` runs
+    # start from a 4-branch source-only checkpoint just as the authors' code would load it.
+    aspp_branches = len(model.head_main.branches)
+    state = {k: v for k, v in state.items() if _branch(k) < aspp_branches}
     if not strict_heads:
         state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
         with_heads = False
