@@ -30,8 +30,14 @@ from hqtd.models.checkpoints import load_weights
 from hqtd.models.deeplabv2 import build_model
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
+def resolve_device(name: str, threads: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error.
+
+    ``threads`` > 0 also fixes torch's intra-op threads: CPU reductions split their work by
+    thread count, so the same run on another core count would differ in the last bits.
+    """
+    if threads > 0:
+        torch.set_num_threads(threads)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -195,7 +201,7 @@ def evaluate_command(overrides: list[str]) -> None:
     if not path.is_file():
         raise HqtdError(f"{path}: checkpoint not found")
 
-    device = resolve_device(config.train.device)
+    device = resolve_device(config.train.device, config.train.threads)
     model = build_model(config.model)
     load_weights(model, path)
     model.to(device)

@@ -87,9 +87,7 @@ class Runtime:
 
 def setup_runtime(config: Config) -> Runtime:
     """Pick the device, set threads and determinism, and join the process group under torchrun."""
-    device = resolve_device(config.train.device)
-    if config.train.threads > 0:
-        torch.set_num_threads(config.train.threads)
+    device = resolve_device(config.train.device, config.train.threads)
     if device.type == "cpu":  # CUDA stays non-deterministic (atomics in upsampling backward)
         torch.use_deterministic_algorithms(True)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

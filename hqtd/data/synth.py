@@ -43,7 +43,7 @@ from hqtd.io import write_bytes, write_json
 
 #: Stored in each dataset's ``.complete`` marker; bump it when the drawing changes so that
 #: ``generate`` redraws folders written by an older version.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Scene codes: the trainIds 0..18, then pixel kinds that the formats label as void (lane markings:
 # road in GTA5 / Cityscapes, their own void class in SYNTHIA).
@@ -229,7 +229,7 @@ GTA5 = Domain(
 
 SYNTHIA = Domain(
     geometry=Geometry(
-        size=(256, 144), focal=(0.7, 0.9), elevation=(2.5, 7.0), horizon=(0.12, 0.32),
+        size=(256, 144), focal=(0.7, 0.9), elevation=(1.8, 4.5), horizon=(0.22, 0.40),
         yaw=0.2, lanes=(2, 5), lane_width=(3.2, 3.8), sidewalk=(3.0, 6.0), setback=(0.0, 4.0),
         storeys=(3, 10), hood=0.0,
     ),
