@@ -61,21 +61,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_tables(args: argparse.Namespace) -> None:
+    from hqtd.grid import load_grid
     from hqtd.report.tables import write_tables
 
-    write_tables(args.runs, args.out, grid=args.grid)
+    grid = load_grid(args.grid)
+    write_tables(args.runs or grid.runs_dir, args.out or grid.tables_dir, grid=grid.name)
 
 
 def _cmd_figures(args: argparse.Namespace) -> None:
+    from hqtd.grid import load_grid
     from hqtd.report.figures import write_figures
 
-    write_figures(args.runs, args.out, grid=args.grid)
+    grid = load_grid(args.grid)
+    write_figures(args.runs or grid.runs_dir, args.out or grid.figures_dir, grid=grid.name)
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from hqtd.report.compare import compare
 
-    print(compare(args.rev_a, args.rev_b, tables=args.tables))
+    print(compare(args.rev_a, args.rev_b, grid=args.grid))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,22 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     evaluate.set_defaults(func=_cmd_evaluate)
 
+    grid_help = "grid of params/grid.yaml (default: its default grid)"
     tables = commands.add_parser("tables", help="per-class IoU tables (Markdown, LaTeX, CSV)")
-    tables.add_argument("--runs", type=Path, default=Path("results/runs"))
-    tables.add_argument("--out", type=Path, default=Path("results/tables"))
-    tables.add_argument("--grid", default=None, help="grid of params/grid.yaml giving row order")
+    tables.add_argument("--grid", default=None, help=grid_help + "; its runs, in its row order")
+    tables.add_argument("--runs", type=Path, default=None, help="default: results/runs/<grid>")
+    tables.add_argument("--out", type=Path, default=None, help="default: results/tables/<grid>")
     tables.set_defaults(func=_cmd_tables)
 
     figures = commands.add_parser("figures", help="IoU bars, training curves, qualitative panel")
-    figures.add_argument("--runs", type=Path, default=Path("results/runs"))
-    figures.add_argument("--out", type=Path, default=Path("results/figures"))
-    figures.add_argument("--grid", default=None, help="grid of params/grid.yaml")
+    figures.add_argument("--grid", default=None, help=grid_help)
+    figures.add_argument("--runs", type=Path, default=None, help="default: results/runs/<grid>")
+    figures.add_argument("--out", type=Path, default=None, help="default: results/figures/<grid>")
     figures.set_defaults(func=_cmd_figures)
 
     compare = commands.add_parser("compare", help="per-class IoU deltas between two git revisions")
     compare.add_argument("rev_a")
     compare.add_argument("rev_b", nargs="?", default=None, help="default: the working tree")
-    compare.add_argument("--tables", type=Path, default=Path("results/tables"))
+    compare.add_argument(
+        "--grid", default=None, help=grid_help + "; compares results/tables/<grid>/runs.csv"
+    )
     compare.set_defaults(func=_cmd_compare)
     return parser
 

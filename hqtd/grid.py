@@ -2,7 +2,9 @@
 
 ``params/grid.yaml`` names grids (``demo``, ``mini``, ``paper``); each lists benchmarks, methods and
 seeds. :func:`runs` expands one grid into :class:`Run` objects, and each run knows its directory,
-its datasets and, for an adaptation method, the source-only run it starts from. The benchmark and
+its datasets and, for an adaptation method, the source-only run it starts from. Every grid keeps its
+results apart (``results/{runs,tables,figures}/<grid>``): grids train the same benchmark, method
+and seed with different settings (demo shortens the schedules of mini). The benchmark and
 method files under ``params/`` are the source of truth for datasets and training stages; the copies
 that ``grid.yaml`` spells out for ``dvc.yaml`` are checked against them here.
 """
@@ -22,6 +24,8 @@ from hqtd.errors import HqtdError
 
 GRID_FILE = PARAMS_DIR / "grid.yaml"
 RUNS_DIR = Path("results/runs")
+TABLES_DIR = Path("results/tables")
+FIGURES_DIR = Path("results/figures")
 #: Stages of the methods trained from the model's init; every other method adapts.
 SUPERVISED_STAGES = ("source_only", "oracle")
 #: Prefix of the embedded mini datasets, which ``hqtd synth`` writes.
@@ -87,16 +91,17 @@ def dataset_format(dataset: str) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """One training run of the grid: a benchmark, a method and a seed."""
+    """One training run of a grid: the grid's name, a benchmark, a method and a seed."""
 
+    grid: str
     benchmark: str
     method: str
     seed: int
 
     @property
     def run_dir(self) -> Path:
-        """``results/runs/<benchmark>/<method>/seed<k>`` (relative to the repository root)."""
-        return RUNS_DIR / self.benchmark / self.method / f"seed{self.seed}"
+        """``results/runs/<grid>/<benchmark>/<method>/seed<k>`` (relative to the repository)."""
+        return RUNS_DIR / self.grid / self.benchmark / self.method / f"seed{self.seed}"
 
     @property
     def datasets(self) -> tuple[str, str]:
@@ -111,8 +116,8 @@ class Run:
 
     @property
     def source_run(self) -> Run | None:
-        """The source-only run (same benchmark and seed) an adaptation run starts from."""
-        return Run(self.benchmark, "source_only", self.seed) if self.adapts else None
+        """The source-only run (same grid, benchmark and seed) an adaptation run starts from."""
+        return Run(self.grid, self.benchmark, "source_only", self.seed) if self.adapts else None
 
     @property
     def init_checkpoint(self) -> Path | None:
@@ -156,6 +161,21 @@ class Grid:
         """Every method of the grid in table order: supervised first, then adapted."""
         return self.supervised + self.adapted
 
+    @property
+    def runs_dir(self) -> Path:
+        """``results/runs/<grid>``: the run directories of this grid, and only those."""
+        return RUNS_DIR / self.name
+
+    @property
+    def tables_dir(self) -> Path:
+        """``results/tables/<grid>``: ``hqtd tables`` of this grid."""
+        return TABLES_DIR / self.name
+
+    @property
+    def figures_dir(self) -> Path:
+        """``results/figures/<grid>``: ``hqtd figures`` of this grid."""
+        return FIGURES_DIR / self.name
+
     def narrowed(self, seeds: list[int] | None = None, overrides: str = "") -> Grid:
         """This grid with only ``seeds`` (None: all of its seeds) and ``overrides`` appended to
         its own (Snakemake's ``--config seeds=... overrides=...``, e.g. for a quick pass).
@@ -175,7 +195,7 @@ class Grid:
     def runs(self) -> list[Run]:
         """The grid's runs, benchmark-major, then method, then seed."""
         return [
-            Run(bench, method, seed)
+            Run(self.name, bench, method, seed)
             for bench in self.benchmarks
             for method in self.methods
             for seed in self.seeds

@@ -1,4 +1,4 @@
-"""hqtd compare: per-class deltas between git revisions of results/tables/runs.csv."""
+"""hqtd compare: per-class deltas between git revisions of results/tables/<grid>/runs.csv."""
 
 import statistics
 import subprocess
@@ -28,9 +28,10 @@ def git(repo: Path, *args: str) -> str:
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch) -> Path:
-    """A git repository with two commits of results/tables/runs.csv and a modified working tree."""
+    """A git repository with two commits of the demo grid's results/tables/demo/runs.csv and a
+    modified working tree."""
     git(tmp_path, "init", "-q")
-    tables = tmp_path / "results" / "tables"
+    tables = tmp_path / "results" / "tables" / "demo"
     tables.mkdir(parents=True)
     first = {("full", 0, "road"): 80.0, ("full", 1, "road"): 82.0, ("full", 0, "mIoU19"): 40.0,
              ("full", 1, "mIoU19"): 41.0, ("source_only", 0, "road"): 70.0}  # fmt: skip
@@ -54,7 +55,7 @@ def line_of(report: str, method: str, metric: str) -> list[str]:
 
 
 def test_deltas_between_two_commits_with_seed_spread(repo):
-    report = compare("HEAD~1", "HEAD", Path("results/tables"))
+    report = compare("HEAD~1", "HEAD", "demo")
     assert "### gta5, paper protocol" in report
     road = line_of(report, "full", "road")
     mean_a, mean_b = statistics.mean([80, 82]), statistics.mean([85, 88])
@@ -77,15 +78,20 @@ def test_default_b_is_the_working_tree(repo):
     assert line_of(report, "full", "mIoU19")[4] == f"{statistics.mean([40, 45]) - 40.5:+.2f}"
 
 
-def test_cli_prints_the_report(repo, capsys):
+def test_cli_prints_the_report_of_the_default_grid(repo, capsys):
     assert main(["compare", "HEAD~1", "HEAD"]) == 0
-    assert "| full " in capsys.readouterr().out
+    default = capsys.readouterr().out
+    assert "| full " in default
+    assert main(["compare", "HEAD~1", "HEAD", "--grid", "demo"]) == 0
+    assert capsys.readouterr().out == default
 
 
 def test_unknown_revision_and_missing_file_are_errors(repo, capsys):
     with pytest.raises(HqtdError, match="nosuchrev: not a git revision"):
         compare("nosuchrev")
-    with pytest.raises(HqtdError, match="elsewhere/runs.csv: does not exist at revision HEAD"):
-        compare("HEAD", "HEAD~1", Path("elsewhere"))
+    with pytest.raises(HqtdError, match="tables/mini/runs.csv: does not exist at revision HEAD"):
+        compare("HEAD", "HEAD~1", "mini")
     assert main(["compare", "nosuchrev"]) == 2
     assert capsys.readouterr().err.strip() == "hqtd compare: error: nosuchrev: not a git revision"
+    assert main(["compare", "HEAD", "--grid", "nope"]) == 2
+    assert "unknown grid 'nope'; available: demo, mini, paper" in capsys.readouterr().err

@@ -36,7 +36,7 @@ def expected_commands(grid: Grid | None = None, data_root: str = "data") -> set[
     """Every command of a grid's DAG (default: the default grid), built from hqtd.grid alone."""
     grid = load_grid() if grid is None else grid
     commands = {
-        "hqtd tables --out results/tables --grid " + grid.name,
+        f"hqtd tables --out results/tables/{grid.name} --grid {grid.name}",
         f"hqtd figures --out results/figures/{grid.name} --grid {grid.name}",
     }
     if grid.synth:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hqtd.cli import main
 from hqtd.config import load_config
 from hqtd.data.prepare import prepare
 from hqtd.data.synth import Counts, generate
@@ -79,6 +80,16 @@ def test_panel_is_skipped_without_checkpoints(runs, tmp_path, capsys):
     written = write_figures(copy, tmp_path / "out")
     assert [p.name for p in written] == ["iou_mini_gta5.png", "curves_mini_gta5.png"]
     assert "qualitative panel skipped" in capsys.readouterr().out
+
+
+def test_cli_reads_and_writes_the_folders_of_its_grid(runs, tmp_path, monkeypatch):
+    shutil.copytree(runs, tmp_path / "results/runs/mini", ignore=shutil.ignore_patterns("*.pt"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["figures", "--grid", "mini"]) == 0
+    assert sorted(p.name for p in Path("results/figures").iterdir()) == ["mini"]
+    written = sorted(p.name for p in Path("results/figures/mini").iterdir())
+    assert written == ["curves_mini_gta5.png", "iou_mini_gta5.png"]
+    assert main(["figures"]) == 2  # the default grid, demo, has no runs here
 
 
 def test_predictions_reproduce_the_paper_protocol_confusion(runs):

@@ -23,7 +23,7 @@ ALL_VARIANTS = ["source_only", "oracle", "baseline", "t2s", "pixel", "proto", "f
 def test_default_grid_is_demo_with_eight_runs_in_grid_order():
     assert default_grid_name() == "demo"
     expected = [
-        Run(bench, method, seed)
+        Run("demo", bench, method, seed)
         for bench in ("mini_gta5", "mini_synthia")
         for method in ("source_only", "full")
         for seed in (0, 1)
@@ -44,36 +44,66 @@ def test_mini_and_paper_grids_cover_the_variants():
 
 
 def test_run_dir_datasets_and_source_run():
-    run = Run("mini_synthia", "full", 2)
-    assert run.run_dir == Path("results/runs/mini_synthia/full/seed2")
+    run = Run("mini", "mini_synthia", "full", 2)
+    assert run.run_dir == Path("results/runs/mini/mini_synthia/full/seed2")
     assert run.datasets == ("mini_synthia", "mini_cityscapes")
     assert run.adapts
-    assert run.source_run == Run("mini_synthia", "source_only", 2)
+    assert run.source_run == Run("mini", "mini_synthia", "source_only", 2)
     assert run.init_checkpoint == Path(
-        "results/runs/mini_synthia/source_only/seed2/checkpoints/last.pt"
+        "results/runs/mini/mini_synthia/source_only/seed2/checkpoints/last.pt"
     )
-    assert Run("gta5", "baseline", 0).datasets == ("gta5", "cityscapes")
-    for supervised in (Run("gta5", "source_only", 0), Run("mini_gta5", "oracle", 1)):
+    assert Run("paper", "gta5", "baseline", 0).datasets == ("gta5", "cityscapes")
+    for supervised in (
+        Run("paper", "gta5", "source_only", 0),
+        Run("mini", "mini_gta5", "oracle", 1),
+    ):
         assert not supervised.adapts
         assert supervised.source_run is None and supervised.init_checkpoint is None
 
 
 def test_train_overrides_name_the_run_and_end_with_the_grid_overrides():
-    args = Run("gta5", "t2s", 1).train_overrides("/data", ("train.iterations=5",))
+    args = Run("paper", "gta5", "t2s", 1).train_overrides("/data", ("train.iterations=5",))
     assert args == [
         "benchmark=gta5",
         "method=t2s",
         "seed=1",
-        "run_dir=results/runs/gta5/t2s/seed1",
+        "run_dir=results/runs/paper/gta5/t2s/seed1",
         "data_root=/data",
-        "train.init_checkpoint=results/runs/gta5/source_only/seed1/checkpoints/last.pt",
+        "train.init_checkpoint=results/runs/paper/gta5/source_only/seed1/checkpoints/last.pt",
         "train.iterations=5",
     ]
-    assert Run("gta5", "source_only", 0).train_overrides()[-2:] == [
-        "run_dir=results/runs/gta5/source_only/seed0",
+    assert Run("paper", "gta5", "source_only", 0).train_overrides()[-2:] == [
+        "run_dir=results/runs/paper/gta5/source_only/seed0",
         "data_root=data",
     ]
     assert load_grid("demo").overrides[0] == "train.iterations=300"
+
+
+def test_grids_never_share_a_run_tables_or_figures_folder():
+    """demo and mini train the same benchmark, method and seed with different schedules: their
+    results must live side by side, and adaptation must start from its own grid's source_only."""
+    grids = [load_grid(name) for name in grid_names()]
+    owner: dict[Path, str] = {}
+    for grid in grids:
+        for run in grid.runs():
+            assert owner.setdefault(run.run_dir, grid.name) == grid.name, run.run_dir
+            assert run.run_dir.is_relative_to(grid.runs_dir)
+            if run.source_run is not None:
+                assert run.source_run in grid.runs()
+                assert run.init_checkpoint.is_relative_to(grid.runs_dir)
+    shared = {(r.benchmark, r.method, r.seed) for r in runs("demo")} & {
+        (r.benchmark, r.method, r.seed) for r in runs("mini")
+    }
+    assert ("mini_gta5", "full", 0) in shared  # the collision this layout exists to avoid
+    for folders in (
+        [g.runs_dir for g in grids],
+        [g.tables_dir for g in grids],
+        [g.figures_dir for g in grids],
+    ):
+        assert len(set(folders)) == len(grids)
+        assert not any(a != b and a.is_relative_to(b) for a in folders for b in folders)
+    assert load_grid("demo").tables_dir == Path("results/tables/demo")
+    assert load_grid("mini").figures_dir == Path("results/figures/mini")
 
 
 def test_unknown_grid_is_a_one_line_error_listing_the_grids():

@@ -133,7 +133,7 @@ def test_paper_grid_runs_end_to_end_on_raw_fixture_trees(data_root: Path, tmp_pa
             assert len(metrics["iou"]) == (19 if run.benchmark == "gta5" else 16)
     names_16 = [CLASS_NAMES[i] for i in KEPT_16]
     layouts = {"gta5": (list(CLASS_NAMES), ["mIoU19"]), "synthia": (names_16, ["mIoU16", "mIoU13"])}
-    tables = tmp_path / "results" / "tables"
+    tables = tmp_path / "results" / "tables" / "paper"
     for benchmark, (classes, means) in layouts.items():
         for protocol in protocols():
             path = tables / f"perclass_{benchmark}_{protocol}.csv"

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hqtd.cli import main
 from hqtd.data.labels import class_names
 from hqtd.errors import HqtdError
 from hqtd.report.tables import collect, write_tables
@@ -166,6 +167,26 @@ def test_grid_selects_and_orders_runs(tmp_path):
     assert [(s.method, s.seed) for s in picked] == [("source_only", 0), ("full", 0)]
     everything = collect(root)
     assert [s.method for s in everything] == ["source_only", "source_only", "pixel", "full"]
+
+
+def test_cli_reads_and_writes_the_folders_of_its_grid(tmp_path, monkeypatch):
+    """demo and mini hold a source_only run of the same benchmark and seed with different numbers:
+    each grid's tables come from its own runs folder and go to its own tables folder."""
+    monkeypatch.chdir(tmp_path)
+    for grid, adapted, shift in (("demo", "full", 0), ("mini", "pixel", 1)):
+        root = Path("results/runs") / grid
+        write_eval(
+            root, "mini_gta5", "source_only", 0, "paper", confusion(19, "source_only", shift)
+        )
+        write_eval(root, "mini_gta5", adapted, 0, "paper", confusion(19, "full", shift))
+    assert main(["tables"]) == 0  # the default grid, demo
+    assert main(["tables", "--grid", "mini"]) == 0
+    assert sorted(p.name for p in Path("results/tables").iterdir()) == ["demo", "mini"]
+    for grid, adapted, shift in (("demo", "full", 0), ("mini", "pixel", 1)):
+        tidy = pd.read_csv(f"results/tables/{grid}/runs.csv")
+        assert set(tidy["method"]) == {"source_only", adapted}
+        road = tidy.query("method == 'source_only' and metric == 'road'")["iou"].item()
+        assert road == pytest.approx(hand_iou(confusion(19, "source_only", shift), 0), abs=1e-4)
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path):

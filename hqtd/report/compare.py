@@ -1,7 +1,7 @@
 """``hqtd compare REV_A [REV_B]``: what a commit did to per-class IoU and mIoU.
 
-Reads the committed tidy table ``results/tables/runs.csv`` at two git revisions (``git show
-REV:path``; REV_B defaults to the working tree), averages each (benchmark, protocol, method,
+Reads a grid's committed tidy table ``results/tables/<grid>/runs.csv`` at two git revisions (``git
+show REV:path``; REV_B defaults to the working tree), averages each (benchmark, protocol, method,
 metric) over seeds on both sides and prints the deltas next to the seed spread as Markdown, so
 a change can be judged against the noise between seeds.
 """
@@ -16,6 +16,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from hqtd.errors import HqtdError
+from hqtd.grid import load_grid
 
 KEYS = ["benchmark", "protocol", "method", "metric"]
 COLUMNS = {"benchmark", "method", "seed", "protocol", "metric", "iou"}
@@ -71,19 +72,20 @@ def _fmt(value: float, signed: bool = False) -> str:
     return "" if pd.isna(value) else f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def compare(rev_a: str, rev_b: str | None = None, tables: Path = Path("results/tables")) -> str:
+def compare(rev_a: str, rev_b: str | None = None, grid: str | None = None) -> str:
     """Markdown tables of per-class and mean IoU deltas (B - A) between two revisions.
 
     Args:
         rev_a: the reference revision (any git revision: commit, tag, ``HEAD~1``...).
         rev_b: the compared revision; None compares the working tree.
-        tables: the tables folder holding ``runs.csv``.
+        grid: the grid of ``params/grid.yaml`` whose ``results/tables/<grid>/runs.csv`` is
+            compared; None: the default grid.
 
     Returns:
         one section per benchmark and protocol: for each method and metric the mean over seeds
         at A and B, the delta and both seed stds (sample std; empty for a single seed).
     """
-    path = Path(tables) / "runs.csv"
+    path = load_grid(grid).tables_dir / "runs.csv"
     label_b = rev_b if rev_b is not None else "working tree"
     stats_a = seed_statistics(read_revision(rev_a, path), f"{path}@{rev_a}")
     stats_b = seed_statistics(read_revision(rev_b, path), f"{path}@{label_b}")

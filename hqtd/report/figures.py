@@ -187,8 +187,8 @@ def write_figures(runs: Path, out: Path, grid: str | None = None) -> list[Path]:
     """``hqtd figures``: the three figures of every benchmark with evaluated runs under ``runs``.
 
     Args:
-        runs: the runs folder (``results/runs``).
-        out: the figures folder (``results/figures``).
+        runs: the grid's runs folder (``results/runs/<grid>``).
+        out: the figures folder (``results/figures/<grid>``).
         grid: only the runs of this grid of ``params/grid.yaml``; None: every evaluated run.
 
     Returns:

@@ -1,10 +1,11 @@
 """``hqtd tables``: per-class, ablation and summary tables from the runs' evaluation files.
 
-Input: ``<runs>/<benchmark>/<method>/seed<k>/eval/<protocol>/metrics.json`` (which run and protocol)
-and the ``confusion.npy`` beside it, from which every number is recomputed: per-class IoU and the
-headline means (mIoU19, or mIoU16 and mIoU13 for 16-class benchmarks) of each run. A table cell is
-the mean ± sample std over seeds of these per-run values; the number of seeds is stated in the
-caption, and cells built from fewer or more runs than the rest carry their own ``(n=K)``.
+Input: ``<runs>/<benchmark>/<method>/seed<k>/eval/<protocol>/metrics.json`` (which run and protocol;
+``<runs>`` is a grid's ``results/runs/<grid>``) and the ``confusion.npy`` beside it, from which
+every number is recomputed: per-class IoU and the headline means (mIoU19, or mIoU16 and mIoU13 for
+16-class benchmarks) of each run. A table cell is the mean ± sample std over seeds of these per-run
+values; the number of seeds is stated in the caption, and cells built from fewer or more runs than
+the rest carry their own ``(n=K)``.
 
 Output, byte-stable (no timestamps, fixed formats), in ``out``:
 - ``runs.csv``: tidy, one row per run x protocol x class (and one per headline mean);
@@ -430,8 +431,8 @@ def write_tables(runs: Path, out: Path, grid: str | None = None) -> list[Path]:
     """``hqtd tables``: write ``runs.csv`` and every table in every format into ``out``.
 
     Args:
-        runs: the runs folder (``results/runs``).
-        out: the tables folder (``results/tables``).
+        runs: the grid's runs folder (``results/runs/<grid>``).
+        out: the tables folder (``results/tables/<grid>``).
         grid: only the runs of this grid of ``params/grid.yaml``, rows in its order; None: every
             run found, in the order of the grids.
 

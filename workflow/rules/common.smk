@@ -35,10 +35,11 @@ PROTOCOLS = protocols()
 DATA_ROOT = config["data_root"]
 RAW = f"{DATA_ROOT}/raw"
 PREPARED = f"{DATA_ROOT}/prepared"
-# Wildcard patterns of one run's directory; Run.run_dir spells out the same layout.
-RUN_DIR = "results/runs/{benchmark}/{method}/seed{seed}"
-TABLES = "results/tables"
-FIGURES = f"results/figures/{GRID.name}"  # results/figures itself holds other figures too
+# Wildcard patterns of one run's directory; Run.run_dir spells out the same layout. Each grid has
+# its own runs, tables and figures folders: grids train the same runs with different settings.
+RUN_DIR = f"{GRID.runs_dir}/{{benchmark}}/{{method}}/seed{{seed}}"
+TABLES = str(GRID.tables_dir)
+FIGURES = str(GRID.figures_dir)
 ENV = "../envs/hqtd.yaml"  # relative to the rule files
 
 
@@ -51,7 +52,7 @@ wildcard_constraints:
 
 
 def run_of(wildcards) -> Run:
-    return Run(wildcards.benchmark, wildcards.method, int(wildcards.seed))
+    return Run(GRID.name, wildcards.benchmark, wildcards.method, int(wildcards.seed))
 
 
 def is_mini(wildcards) -> bool:

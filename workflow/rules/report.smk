@@ -1,6 +1,6 @@
 # Tables and figures of the grid, from the runs' evaluation files (and, for the figures, their
-# validation logs and checkpoints) under results/runs, the default --runs of both commands. Both
-# go into `snakemake --report`.
+# validation logs and checkpoints) under results/runs/<grid>, the default --runs of both commands.
+# Both go into `snakemake --report`.
 
 
 rule tables:
