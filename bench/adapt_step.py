@@ -14,7 +14,7 @@ EMA. The two run in turn, round after round; the median of the per-round ratios 
 First the phases of instrumented iterations are timed (exclusive CPU time: a phase nested in
 another is not counted twice) to show where the overhead goes.
 
-    .venv/bin/python -m bench.adapt_step [--quick]
+    .venv/bin/python -m bench.adapt_step [--quick] [--width N]
 """
 
 from __future__ import annotations
@@ -194,15 +194,17 @@ class Trainer:
         self.iteration += 1
 
 
-def mini_config() -> Config:
+def mini_config(width: int | None = None) -> Config:
     """method=full on mini_gta5 (its loader runs in-process) with the bench's fixtures as data:
     the source pre-resized to its 192×108 as params/grid.yaml prepares it, the target resized on
-    load."""
+    load; ``width`` overrides the mini network's channel width (None: as configured)."""
     source = prepared_gta5("mini_gta5_192x108", 8, (256, 144), resize=(192, 108))
     prepared_gta5("mini_cityscapes", 8, (256, 128))
     overrides = ["benchmark=mini_gta5", "method=full", f"data_root={CACHE}", "run_dir=unused",
                  f"benchmark.source.root={source}", "train.device=cpu",
                  "train.threads=1"]  # fmt: skip
+    if width is not None:
+        overrides.append(f"model.mini_width={width}")
     return load_config(overrides)
 
 
@@ -301,8 +303,14 @@ def print_breakdown(phases: dict[str, float], calls: list[ModelCall]) -> None:
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
-    trainer = build_trainer(mini_config())
+    parse = parser(__doc__.splitlines()[0])
+    parse.add_argument(
+        "--width",
+        type=int,
+        help="mini network width (default: as configured); wider shows the ratio as passes grow",
+    )
+    args = parse.parse_args()
+    trainer = build_trainer(mini_config(args.width))
     for _ in range(2):  # warm up the loaders and the kernels
         trainer.step()
     calls = record_calls(trainer)
@@ -321,7 +329,8 @@ def main() -> None:
                       f"{min(times[denominator]) * 1e3:.1f}", f"{median:.3f}",
                       f"{quartiles[0]:.3f} - {quartiles[2]:.3f}"])  # fmt: skip
         met = median <= TARGET_RATIO
-        rows.append(Row(f"adaptation step, mini, CPU: {name}", "iteration / its model passes",
+        setting = name if args.width is None else f"{name}, width {args.width}"
+        rows.append(Row(f"adaptation step, mini, CPU: {setting}", "iteration / its model passes",
                         f"{median:.3g}x", f"<= {TARGET_RATIO}", met))  # fmt: skip
     print(f"iteration / model passes: {rounds} interleaved rounds, best times and the median and "
           "quartiles of the per-round ratios")  # fmt: skip
