@@ -50,10 +50,7 @@ def benchmark(name: str) -> Benchmark:
     Raises:
         HqtdError: no such benchmark file.
     """
-    path = PARAMS_DIR / "benchmark" / f"{name}.yaml"
-    if not path.is_file():
-        raise HqtdError(f"benchmark {name!r}: {path} not found ({_available('benchmark')})")
-    section = yaml.safe_load(path.read_text())["benchmark"]
+    section = _params_file("benchmark", name)["benchmark"]
     # Roots look like "${data_root}/prepared/<dataset>": the dataset is the last path component.
     return Benchmark(
         name=name,
@@ -71,10 +68,15 @@ def method_stage(name: str) -> str:
     Raises:
         HqtdError: no such method file.
     """
-    path = PARAMS_DIR / "method" / f"{name}.yaml"
+    return str(_params_file("method", name).get("stage", "adapt"))
+
+
+def _params_file(group: str, name: str) -> dict:
+    """The YAML of ``params/<group>/<name>.yaml``; a missing file names the available ones."""
+    path = PARAMS_DIR / group / f"{name}.yaml"
     if not path.is_file():
-        raise HqtdError(f"method {name!r}: {path} not found ({_available('method')})")
-    return str(yaml.safe_load(path.read_text()).get("stage", "adapt"))
+        raise HqtdError(f"{group} {name!r}: {path} not found ({_available(group)})")
+    return yaml.safe_load(path.read_text())
 
 
 def _available(group: str) -> str:
