@@ -104,7 +104,7 @@ def evaluate_model(
             image = F.interpolate(image, (height, width), mode="bilinear", antialias=True)
         label = batch["label"].to(device)  # (1,H',W')
         with autocast(device, precision):
-            logits = model(image).main  # (1,C,H,W)
+            logits = model(image, aux=False).main  # (1,C,H,W); aux is never scored
         if logits.shape[-2:] != label.shape[-2:]:  # strict protocol: full-resolution labels
             logits = F.interpolate(logits.float(), label.shape[-2:], mode="bilinear")
         conf.update(logits.argmax(1), label)

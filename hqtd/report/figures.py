@@ -134,7 +134,7 @@ def predict(run_dir: Path, protocol: str, indices: list[int]) -> tuple[list, lis
     """
     config = evaluation_config([f"run_dir={run_dir}", f"protocol={protocol}"])
     checkpoint = Path(run_dir) / "checkpoints" / f"{config.protocol.checkpoint.value}.pt"
-    device = resolve_device(config.train.device)
+    device = resolve_device(config.train.device, config.train.threads)
     model = build_model(config.model)
     load_weights(model, checkpoint)
     model.to(device).eval()
@@ -144,7 +144,8 @@ def predict(run_dir: Path, protocol: str, indices: list[int]) -> tuple[list, lis
     images, labels, preds = [], [], []
     for index in indices:
         item = val[index]
-        logits = model(images_to_float(item["image"][None], device, False)).main  # (1,C,H,W)
+        image = images_to_float(item["image"][None], device, False)
+        logits = model(image, aux=False).main  # (1,C,H,W)
         images.append(item["image"].permute(1, 2, 0).numpy())
         labels.append(item["label"].numpy())
         preds.append(logits.argmax(1)[0].cpu().numpy())
