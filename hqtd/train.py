@@ -9,8 +9,8 @@ DistributedDataParallel (gloo on CPU, NCCL on CUDA); only rank 0 writes files.
 
 Run directory: ``config.yaml``, ``train_log.jsonl`` (loss terms and lr every ``train.log_every``
 iterations), ``val_log.jsonl`` (EMA mIoU and per-class IoU on target val every
-``train.eval_every``), ``checkpoints/last.pt`` and ``checkpoints/best.pt``, and ``done`` at the
-end.
+``train.eval_every``), the same scalars as TensorBoard events in ``tensorboard/``,
+``checkpoints/last.pt`` and ``checkpoints/best.pt``, and ``done`` at the end.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from hqtd.adapt.ema import ModelEMA
 from hqtd.adapt.step import adaptation_step, supervised_step
 from hqtd.config import Config, DatasetConfig, Stage, from_yaml, to_yaml
 from hqtd.data.datasets import SegmentationDataset
+from hqtd.data.labels import class_names
 from hqtd.errors import HqtdError
 from hqtd.evaluate import (
     autocast,
@@ -307,6 +308,52 @@ def append_log(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+class RunLog:
+    """What rank 0 logs: ``train_log.jsonl`` and ``val_log.jsonl``, and the same scalars as
+    TensorBoard events in ``tensorboard/`` (``tensorboard --logdir results/runs`` overlays runs).
+
+    Args:
+        run_dir: the run directory.
+        start: the iterations the run's last checkpoint holds. On a resume, TensorBoard hides
+            the events that the interrupted attempt wrote for later iterations (``purge_step``),
+            as :func:`truncate_log` drops them from the JSON logs.
+        num_classes: names the per-class IoU scalars.
+    """
+
+    def __init__(self, run_dir: Path, start: int, num_classes: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: training only
+
+        self.run_dir = run_dir
+        self.class_names = class_names(num_classes)
+        purge_step = start + 1 if start else None  # steps up to start were logged before it
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+
+    def train(self, record: dict[str, Any]) -> None:
+        """Loss terms and lr of one iteration (``record["iteration"]``)."""
+        append_log(self.run_dir / "train_log.jsonl", record)
+        step = record["iteration"]
+        for name, value in record.items():
+            if name != "iteration":
+                self.writer.add_scalar(f"train/{name}", value, step)
+
+    def val(self, record: dict[str, Any]) -> None:
+        """One EMA evaluation: the means under ``val/``, each class's IoU under ``val_iou/``."""
+        append_log(self.run_dir / "val_log.jsonl", record)
+        step = record["iteration"]
+        scalars = {f"val/{k}": v for k, v in record.items() if k not in ("iteration", "iou")}
+        scalars |= {f"val_iou/{n}": v for n, v in zip(self.class_names, record["iou"], strict=True)}
+        for tag, value in scalars.items():
+            if value is not None:  # a class absent from val and never predicted has no IoU
+                self.writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        """Write the pending events (with each checkpoint: a kill then loses nothing before it)."""
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 # ----------------------------------------------------------------------------------------------
 # The run
 
@@ -502,6 +549,7 @@ def run(config: Config, runtime: Runtime) -> None:
         train=False,
     )
     generator = torch.Generator(device)
+    log = RunLog(run_dir, start, config.benchmark.num_classes) if runtime.is_main else None
 
     progress = tqdm(
         range(start, total),
@@ -531,23 +579,24 @@ def run(config: Config, runtime: Runtime) -> None:
         ema.update(model)
 
         done = iteration + 1  # iterations completed
-        if done % tc.log_every == 0 and runtime.is_main:
-            record = {"iteration": done, "lr": base_lrs[0] * lr_scale, **result.terms}
-            append_log(run_dir / "train_log.jsonl", record)
+        if done % tc.log_every == 0 and log is not None:
+            log.train({"iteration": done, "lr": base_lrs[0] * lr_scale, **result.terms})
             progress.set_postfix({k: f"{v:.3f}" for k, v in result.terms.items()}, refresh=False)
         if done % tc.eval_every == 0 or done == total:
             scores = validate(ema, val_set, config, runtime)
-            if runtime.is_main:
-                append_log(run_dir / "val_log.jsonl", {"iteration": done, **scores})
+            if log is not None:
+                log.val({"iteration": done, **scores})
                 tqdm.write(f"iteration {done}: EMA mIoU {scores['mIoU']} (percent) on target val")
             if selection_score(scores) > best_score:
                 best_score = selection_score(scores)
                 if runtime.is_main:
                     save_checkpoint(run_dir / "checkpoints" / "best.pt", state(done))
-        if (done % tc.checkpoint_every == 0 or done == total) and runtime.is_main:
+        if (done % tc.checkpoint_every == 0 or done == total) and log is not None:
+            log.flush()
             save_checkpoint(run_dir / "checkpoints" / "last.pt", state(done))
     progress.close()
-    if runtime.is_main:
+    if log is not None:
+        log.close()
         write_text(run_dir / "done", f"finished {total} iterations\n")
 
 

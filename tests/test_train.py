@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 import hqtd.train
@@ -101,6 +102,15 @@ def adapt_args(data_root: Path, run_dir: Path, init: Path, *extra: str) -> list[
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series of the run's TensorBoard events, read by TensorBoard's own loader."""
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
 
 
 def state_dicts_equal(a: dict, b: dict) -> bool:
@@ -259,6 +269,10 @@ def test_source_only_run_writes_the_run_directory(data_root: Path, source_checkp
     assert last["iteration"] == 4
     assert best["best_score"] == max(r["mIoU"] for r in val)
     assert best["iteration"] == max(val, key=lambda r: r["mIoU"])["iteration"]
+    scalars = tensorboard_scalars(run_dir)
+    assert scalars["train/total"] == [(r["iteration"], pytest.approx(r["total"])) for r in log]
+    assert scalars["val/mIoU"] == [(r["iteration"], pytest.approx(r["mIoU"])) for r in val]
+    assert scalars["val_iou/sky"] == [(r["iteration"], pytest.approx(r["iou"][10])) for r in val]
 
 
 def test_adaptation_is_deterministic_and_evaluates_both_protocols(
@@ -437,6 +451,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(
     subprocess.run(command, env=quiet_env(), check=True, stderr=subprocess.DEVNULL)
     for name in ("train_log.jsonl", "val_log.jsonl"):
         assert (killed / name).read_text() == (reference / name).read_text(), name
+    # Two event files (one per attempt); what the first wrote after its checkpoint is purged.
+    assert len(list((killed / "tensorboard").iterdir())) == 2
+    assert tensorboard_scalars(killed) == tensorboard_scalars(reference)
     for name in ("last.pt", "best.pt"):
         a = load_checkpoint(reference / "checkpoints" / name)
         b = load_checkpoint(killed / "checkpoints" / name)
