@@ -131,3 +131,26 @@ def test_conda_env_pins_the_project_dependencies():
     assert sorted(pip) == sorted(project["dependencies"])
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python="))
     assert python.startswith("python=3.11")
+
+
+def test_dvc_hashes_a_data_folder_alike_with_or_without_snakemakes_marker(tmp_path: Path):
+    """Snakemake marks directory outputs with `.snakemake_timestamp`; the project's .dvcignore
+    keeps that file out of DVC's hash, so `dvc status` accepts data however it was written."""
+    (tmp_path / ".dvcignore").write_text((ROOT / ".dvcignore").read_text())
+    subprocess.run([BIN / "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "0.png").write_bytes(b"pixels")
+
+    def folder_hash() -> str:
+        result = subprocess.run(
+            [BIN / "dvc", "add", "-q", "data"], cwd=tmp_path, check=True, capture_output=True
+        )
+        assert not result.stderr, result.stderr
+        return yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
+
+    plain = folder_hash()
+    (data / ".snakemake_timestamp").touch()
+    assert folder_hash() == plain
+    (data / "1.png").write_bytes(b"more")
+    assert folder_hash() != plain  # the hash does see real files
