@@ -549,6 +549,7 @@ def run(config: Config, runtime: Runtime) -> None:
         train=False,
     )
     generator = torch.Generator(device)
+    # Rank 0 alone writes files: logs, checkpoints and the done marker (``log`` is None elsewhere).
     log = RunLog(run_dir, start, config.benchmark.num_classes) if runtime.is_main else None
 
     progress = tqdm(
@@ -589,10 +590,10 @@ def run(config: Config, runtime: Runtime) -> None:
                 tqdm.write(f"iteration {done}: EMA mIoU {scores['mIoU']} (percent) on target val")
             if selection_score(scores) > best_score:
                 best_score = selection_score(scores)
-                if runtime.is_main:
+                if log is not None:
                     save_checkpoint(run_dir / "checkpoints" / "best.pt", state(done))
         if (done % tc.checkpoint_every == 0 or done == total) and log is not None:
-            log.flush()
+            log.flush()  # the events up to this checkpoint reach the disk before it does
             save_checkpoint(run_dir / "checkpoints" / "last.pt", state(done))
     progress.close()
     if log is not None:

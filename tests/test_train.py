@@ -35,6 +35,7 @@ from hqtd.models.checkpoints import load_weights
 from hqtd.models.deeplabv2 import build_model
 from hqtd.train import (
     BatchStream,
+    RunLog,
     SeededItems,
     config_differences,
     load_checkpoint,
@@ -222,6 +223,26 @@ def test_load_checkpoint_refuses_other_files(tmp_path: Path):
     torch.save({"conv.weight": torch.zeros(1)}, path)
     with pytest.raises(HqtdError, match="not an hqtd training checkpoint"):
         load_checkpoint(path)
+
+
+def test_run_log_resume_hides_what_the_interrupted_attempt_logged_past_its_checkpoint(
+    tmp_path: Path,
+):
+    interrupted = RunLog(tmp_path, start=0, num_classes=19)
+    for step in range(1, 7):
+        interrupted.train({"iteration": step, "total": float(step)})
+        if step == 4:
+            interrupted.flush()  # the checkpoint holds 4 iterations
+    interrupted.flush()  # iterations 5 and 6 reached the disk before the kill
+    truncate_log(tmp_path / "train_log.jsonl", 4)
+    resumed = RunLog(tmp_path, start=4, num_classes=19)
+    for step in (5, 6):
+        resumed.train({"iteration": step, "total": 10.0 * step})
+    resumed.close()
+    expected = [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 50.0), (6, 60.0)]
+    assert tensorboard_scalars(tmp_path)["train/total"] == expected
+    totals = [r["total"] for r in read_jsonl(tmp_path / "train_log.jsonl")]
+    assert totals == [value for _, value in expected]
 
 
 def test_truncate_log_drops_entries_after_the_checkpoint_and_partial_lines(tmp_path: Path):
