@@ -48,6 +48,20 @@ class Precision(StrEnum):
     bf16 = "bf16"
 
 
+class Augmentation(StrEnum):
+    torchvision = "torchvision"  # hqtd's views: float jitter as factors, antialiased resizes
+    authors = "authors"  # the authors' albumentations-1.1.0 ops on uint8 (METHOD.md §8.6)
+
+
+class Weights(StrEnum):
+    """Which weights of a checkpoint file to use (an hqtd file's ``model``/``ema``, an authors'
+    file's ``state_dict``/``shadow``)."""
+
+    auto = "auto"  # scoring: the EMA; init: hqtd's EMA, an authors' file's state_dict (as they do)
+    ema = "ema"
+    student = "student"
+
+
 class CheckpointRule(StrEnum):
     best = "best"  # best EMA checkpoint on target val (the authors' selection)
     last = "last"  # last-iteration EMA weights
@@ -62,6 +76,7 @@ class ModelConfig:
     caffe_stride: bool = True  # stride on the first 1x1 conv and ceil-mode max-pool (caffe ResNet)
     mini_width: int = 16  # stem width of the mini backbone (stages: w, 2w, 4w, 4w)
     init: str | None = None  # ImageNet init file (authors' or torchvision), None = from scratch
+    align_corners: bool = False  # bilinear upsampling of the logits; True as the authors (§8.1)
 
 
 @dataclass
@@ -104,6 +119,11 @@ class MethodConfig:
     quirk_classmix_offset: bool = False  # authors' off-by-one ClassMix candidate set
     quirk_t2s_first_image: bool = False  # authors apply L_mix to the first image only
     quirk_proto_first_image: bool = False  # authors' prototype loss sees the first image only
+    quirk_edge_code: bool = False  # with edge: the authors' edge code exactly (METHOD.md §8.4 a-c)
+    quirk_ema_bn_per_epoch: bool = False  # BN buffers copied into the EMA once per epoch (§8.5)
+    quirk_ema_from_init: bool = False  # EMA built before the source checkpoint is loaded (§8.5)
+    augmentation: Augmentation = Augmentation.torchvision  # views and dataset resize (§8.6)
+    source_method: str = "source_only"  # the supervised run adaptation starts from (§8.3)
 
 
 @dataclass
@@ -121,6 +141,9 @@ class TrainConfig:
     eval_every: int = 2000
     log_every: int = 50
     init_checkpoint: str | None = None  # source-only checkpoint that adaptation starts from
+    init_weights: Weights = Weights.auto  # which weights of init_checkpoint (§8.2)
+    eval_per_epoch: bool = False  # validate and keep the best every epoch of min(source, target)
+    # batches instead of every eval_every iterations (the authors' cadence, METHOD.md §8.5)
     precision: Precision = Precision.fp32
     channels_last: bool = False
     device: str = "auto"  # auto | cpu | cuda
@@ -146,6 +169,7 @@ class Config:
     data_root: str = "data"  # raw datasets in data_root/raw, prepared ones in data_root/prepared
     run_dir: str = MISSING
     checkpoint: str | None = None  # evaluate: a checkpoint file instead of the run's own
+    weights: Weights = Weights.auto  # evaluate: which weights of the checkpoint are scored (§8.2)
 
 
 ConfigStore.instance().store(name="hqtd_schema", node=Config)
