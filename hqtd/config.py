@@ -62,6 +62,11 @@ class Weights(StrEnum):
     student = "student"
 
 
+class Determinism(StrEnum):
+    default = "default"  # torch picks CPU kernels for this machine: fastest, bits vary by CPU model
+    portable = "portable"  # kernels pinned so that x86-64 CPUs with AVX2 give the same bits
+
+
 class CheckpointRule(StrEnum):
     best = "best"  # best EMA checkpoint on target val (the authors' selection)
     last = "last"  # last-iteration EMA weights
@@ -149,6 +154,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 4
     threads: int = 0  # torch intra-op threads, 0 = torch default
+    determinism: Determinism = Determinism.default  # CPU kernel pinning (README, determinism)
 
 
 @dataclass
