@@ -7,8 +7,10 @@ summed over images (and over DDP ranks), never from averaged per-image scores.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +22,17 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hqtd.config import PARAMS_DIR, Config, Precision, from_yaml
+from hqtd.config import PARAMS_DIR, Config, ModelConfig, Precision, from_yaml
 from hqtd.data.datasets import SegmentationDataset
 from hqtd.data.labels import class_names
 from hqtd.errors import HqtdError
 from hqtd.io import atomic_path, write_json
 from hqtd.metrics import ConfusionMatrix
-from hqtd.models.checkpoints import load_weights
+from hqtd.models.checkpoints import apply_weights, read_weights
 from hqtd.models.deeplabv2 import build_model
+
+#: The authors' network, for scoring their checkpoints: align_corners (§8.1), 2-branch ASPP (§2).
+AUTHORS_MODEL = {"align_corners": True, "aspp_branches": 2}
 
 
 def resolve_device(name: str, threads: int = 0) -> torch.device:
@@ -80,6 +85,16 @@ def evaluate_model(
     already that size) and the main logits are upsampled bilinearly to the label's size before the
     argmax. Under torch.distributed each rank takes every world_size-th image and the matrices are
     summed over ranks.
+
+    Resizes against the authors' evaluation (``datasets/cityscapes_Dataset.py`` val transform,
+    ``main.py`` validate, ``utils/eval.py``): they resize image and label in the dataset (PIL
+    bicubic and nearest) to the network's input size and take the argmax of the network's output
+    at that size, with no resize here. The paper protocol does the same: its dataset already holds
+    ``input_size`` images and labels, so neither resize below runs; the model's own upsampling
+    follows ``model.align_corners`` (METHOD.md §8.1) and the dataset's image resize is bilinear
+    (:func:`hqtd.data.formats.resize_image`, the authors' bicubic is ``method.augmentation``'s,
+    §8.6). The strict protocol (full-resolution labels) has no counterpart in their code; its
+    resizes here are hqtd's half-pixel convention.
 
     Args:
         model: returns a ``SegOutput`` whose ``main`` is (B,C,h,w) logits at the input size.
@@ -150,18 +165,37 @@ def git_revision() -> str:
     return result.stdout.strip()
 
 
-def evaluation_config(overrides: list[str]) -> Config:
-    """The run's saved ``config.yaml`` with the command's overrides applied.
-
-    ``run_dir=DIR`` is required; ``protocol=NAME`` selects ``params/protocol/NAME.yaml``; any other
-    ``key=value`` (``checkpoint=FILE``, ``train.device=cpu``, ...) is merged into the typed schema.
-    """
+def override_pairs(overrides: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` command-line overrides as a dict (the last of a repeated key wins)."""
     pairs = {}
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key:
             raise HqtdError(f"bad override {override!r}: expected KEY=VALUE")
         pairs[key] = value
+    return pairs
+
+
+def authors_conventions(model: ModelConfig, given: Collection[str]) -> tuple[ModelConfig, str]:
+    """The network the authors' checkpoints were trained and scored with (METHOD.md §8.1, §2
+    quirk): bilinear ``align_corners=True`` upsampling and 2 ASPP branches, each unless the user
+    set that key on the command line (``given``).
+
+    Returns:
+        The model config and the ``key=value`` list applied ("" when the user set both).
+    """
+    applied = {k: v for k, v in AUTHORS_MODEL.items() if f"model.{k}" not in given}
+    described = ", ".join(f"model.{k}={str(v).lower()}" for k, v in applied.items())
+    return dataclasses.replace(model, **applied), described
+
+
+def evaluation_config(overrides: list[str]) -> Config:
+    """The run's saved ``config.yaml`` with the command's overrides applied.
+
+    ``run_dir=DIR`` is required; ``protocol=NAME`` selects ``params/protocol/NAME.yaml``; any other
+    ``key=value`` (``checkpoint=FILE``, ``train.device=cpu``, ...) is merged into the typed schema.
+    """
+    pairs = override_pairs(overrides)
     if "run_dir" not in pairs:
         raise HqtdError("missing required override run_dir=DIR (a training run directory)")
     saved = Path(pairs["run_dir"]) / "config.yaml"
@@ -185,11 +219,16 @@ def evaluation_config(overrides: list[str]) -> Config:
 
 
 def evaluate_command(overrides: list[str]) -> None:
-    """``hqtd evaluate run_dir=... [checkpoint=FILE] [protocol=paper|strict]`` (METHOD.md §6).
+    """``hqtd evaluate run_dir=... [checkpoint=FILE] [protocol=paper|strict] [weights=...]``
+    (METHOD.md §6).
 
-    Evaluates the EMA weights of the protocol's checkpoint (``best``/``last`` of the run, or
-    ``checkpoint=FILE``: any file :func:`load_weights` accepts) on target val and writes
+    Evaluates the protocol's checkpoint (``best``/``last`` of the run, or ``checkpoint=FILE``: any
+    file :func:`read_weights` accepts) on target val and writes
     ``<run_dir>/eval/<protocol>/metrics.json`` and ``confusion.npy`` (int64 CxC, conf[gt, pred]).
+    ``weights`` picks the file's weights (default ``auto``: the EMA, an authors' file's
+    ``shadow``, as their evaluation, §8.2); ``metrics.json`` records the request and the entry
+    scored. A file in the authors' save format is scored with their network conventions
+    (:func:`authors_conventions`).
     """
     config = evaluation_config(overrides)
     run_dir = Path(config.run_dir)
@@ -201,9 +240,15 @@ def evaluate_command(overrides: list[str]) -> None:
     if not path.is_file():
         raise HqtdError(f"{path}: checkpoint not found")
 
+    loaded = read_weights(path, config.weights)
+    model_config = config.model
+    if loaded.authors_format:
+        model_config, applied = authors_conventions(model_config, override_pairs(overrides))
+        if applied:
+            print(f"{path}: authors' checkpoint, scored with their network conventions {applied}")
     device = resolve_device(config.train.device, config.train.threads)
-    model = build_model(config.model)
-    load_weights(model, path)
+    model = build_model(model_config)
+    apply_weights(model, loaded)
     model.to(device)
     if config.train.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -238,6 +283,7 @@ def evaluate_command(overrides: list[str]) -> None:
             "checkpoint": checkpoint_name,
         },
         "iteration": checkpoint_iteration(path),
+        "weights": {"requested": config.weights.value, "entry": loaded.entry},
         "git_revision": git_revision(),
         "num_classes": num_classes,
         "class_names": list(class_names(num_classes)),

@@ -379,12 +379,18 @@ def check_stage(config: Config) -> None:
 
 def initial_model(config: Config) -> nn.Module:
     """The network before training: seeded from config.seed (identical on every rank), then the
-    source-only checkpoint (adaptation) or the ImageNet init (source-only / oracle) if any."""
+    source-only checkpoint (adaptation) or the ImageNet init (source-only / oracle) if any.
+
+    ``train.init_weights`` picks the checkpoint's weights (METHOD.md §8.2); ``auto`` is an hqtd
+    file's EMA and an authors' file's ``state_dict`` (the student, which their code starts from).
+    """
     torch.manual_seed(config.seed)
     if config.method.stage is not Stage.adapt:
         return build_model(config.model)  # loads model.init when set
     model = build_model(dataclasses.replace(config.model, init=None))  # overwritten right away
-    load_weights(model, config.train.init_checkpoint)
+    load_weights(
+        model, config.train.init_checkpoint, weights=config.train.init_weights, for_training=True
+    )
     return model
 
 

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from hqtd.config import Backbone, InputStyle, ModelConfig
+from hqtd.config import Backbone, InputStyle, ModelConfig, Weights
 from hqtd.data.labels import TRAINIDS_16
 from hqtd.errors import HqtdError
 from hqtd.models import build_model, load_weights, to_authors_layout
@@ -177,7 +177,7 @@ def test_hqtd_checkpoint_ema_by_default_model_on_request(tmp_path):
     model = _mini(seed=2)
     load_weights(model, path)
     assert _equal_states(model, ema)
-    load_weights(model, path, entry="model")
+    load_weights(model, path, weights=Weights.student)
     assert _equal_states(model, student)
 
 

@@ -57,7 +57,7 @@ TINY = [
 ]
 METRICS_KEYS = {
     "benchmark", "method", "seed", "protocol", "iteration", "git_revision", "num_classes",
-    "class_names", "iou", "mIoU", "pixel_accuracy",
+    "class_names", "iou", "mIoU", "pixel_accuracy", "weights",
 }  # fmt: skip
 
 
@@ -329,6 +329,7 @@ def test_adaptation_is_deterministic_and_evaluates_both_protocols(
     assert paper["protocol"] == {"name": "paper", "label_size": "64x32", "checkpoint": "best"}
     assert strict["protocol"] == {"name": "strict", "label_size": "full", "checkpoint": "last"}
     assert strict["iteration"] == 6
+    assert paper["weights"] == {"requested": "auto", "entry": "ema"}
     assert (paper["benchmark"], paper["method"], paper["seed"]) == ("mini_gta5", "full", 0)
     assert len(paper["class_names"]) == len(paper["iou"]) == 19
     # the numbers are the percentages of the saved confusion matrix

@@ -133,6 +133,9 @@ def contrastive_labels(
 
     Returns:
         (B, h, w) int64 labels, ``IGNORE`` where neither source nor a confident target label lies.
+
+    The resize matches the authors' (``main.py``, the labels of the pixel loss): torch's
+    ``F.interpolate(mode="nearest")`` of the crop-size labels to the stride-8 grid.
     """
     labels = mix(source_mask, source_label, weak_label)
     # Nearest interpolation as torch does it (source index floor(i·H/h)), the authors' choice.

@@ -83,6 +83,14 @@ def make_views(image: Tensor, label: Tensor, size: int, generator: torch.Generat
             with the same nearest sampling.
         size: crop side S (512 in the paper).
         generator: draws the boxes and the augmentation.
+
+    Against the authors (``perturbations/augmentations.py``, METHOD.md §8.6): they crop the
+    pseudo-label, the argmax of the full-image prediction (upsampled with ``align_corners=True``,
+    §8.1, here ``model.align_corners``), with albumentations' RandomResizedCrop, OpenCV bilinear
+    without antialiasing for the image and ``INTER_NEAREST`` (source index floor(i·scale), not
+    pixel-centred) for the label; :func:`~hqtd.data.transforms.crop_resize` differs in both
+    (antialiased bilinear, pixel-centre nearest). The authors' resize is
+    ``method.augmentation=authors``'s.
     """
     batch, _, height, width = image.shape
     boxes = sample_crop_boxes(batch, height, width, generator)

@@ -179,14 +179,19 @@ def read_image(path: Path) -> Image.Image:
 
 
 def resize_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resize an RGB image to ``size`` = (W, H), bilinear (a no-op at that size already)."""
+    """Resize an RGB image to ``size`` = (W, H), bilinear (a no-op at that size already).
+
+    The authors' datasets (``datasets/*_Dataset.py``) resize with PIL bicubic instead (METHOD.md
+    §8.6, ``method.augmentation=authors``); this resize is hqtd's.
+    """
     if image.size == tuple(size):
         return image
     return image.resize(tuple(size), Image.Resampling.BILINEAR)
 
 
 def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an (H, W) uint8 label map to ``size`` = (W, H), nearest neighbour."""
+    """Resize an (H, W) uint8 label map to ``size`` = (W, H), nearest neighbour (PIL, as the
+    authors' datasets do)."""
     if label.shape[::-1] == tuple(size):
         return label
     resized = Image.fromarray(label).resize(tuple(size), Image.Resampling.NEAREST)

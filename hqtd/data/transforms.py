@@ -105,6 +105,10 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, mode: str) -> t
 
     Returns:
         (B, C, size, size) or (B, size, size), dtype of ``x``.
+
+    The authors (albumentations RandomResizedCrop, METHOD.md §8.6) resize the crop with OpenCV:
+    bilinear without antialiasing, and ``INTER_NEAREST`` for labels, whose source index is
+    floor(i·scale) rather than the pixel centre; hqtd differs in both (torchvision convention).
     """
     if mode not in _INTERPOLATION:
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")

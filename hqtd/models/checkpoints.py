@@ -9,6 +9,15 @@ Supported (METHOD.md §2):
 - the authors' caffe-converted ImageNet init (keys prefixed ``Scale.``): backbone only;
 - torchvision ImageNet ResNet state dicts (``fc.*`` dropped): backbone only.
 
+Which weights (METHOD.md §8.2): an hqtd file holds the student (``model``) and its EMA (``ema``),
+an authors' file (their save format ``{'state_dict': student, 'shadow': EMA, 'iter', 'epoch',
+'optimizer', 'best_MIou'}``) the same pair as ``state_dict`` and ``shadow``. ``Weights.auto`` takes
+the EMA, except that training started from an authors' file takes its ``state_dict``, as their code
+does; where the preferred entry is absent, ``auto`` takes the one the file has. An explicit
+``ema``/``student`` request is strict: a file without that entry is an error listing what it
+holds. A bare state dict has no such entries: it serves ``auto`` only, since nothing says whether
+it is a student or an EMA.
+
 A load is all or nothing: a key the model lacks or a model key the file lacks is an error that lists
 them. The only keys dropped are the three unused authors' parameters, the ``fc`` classifier of an
 ImageNet file, the heads of an init file, and the ASPP branches beyond the model's
@@ -20,15 +29,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from hqtd.config import Weights
 from hqtd.data.labels import TRAINIDS_16
 from hqtd.errors import HqtdError
 
 HQTD_FORMAT = "hqtd-train-v1"
+#: The entries holding the student and the EMA weights: hqtd's files, the authors' (§8.2).
+HQTD_ENTRIES = {Weights.student: "model", Weights.ema: "ema"}
+AUTHORS_ENTRIES = {Weights.student: "state_dict", Weights.ema: "shadow"}
 #: Parameters of the authors' adaptation model that its forward pass never uses.
 AUTHORS_UNUSED = frozenset({"proto_classifier.weight", "para", "fuse_weight_1"})
 #: Authors' key prefix -> hqtd key prefix; the first match wins, in both directions.
@@ -78,27 +92,81 @@ def _read(path: Path) -> object:
         ) from None
 
 
-def _unwrap(obj: object, path: Path, entry: str) -> tuple[dict[str, Tensor], bool]:
-    """The state dict inside a loaded file, and whether it is already in hqtd's layout."""
-    if isinstance(obj, Mapping) and "format" in obj:
-        if obj["format"] != HQTD_FORMAT:
-            raise HqtdError(f"{path}: unsupported checkpoint format {obj['format']!r}")
-        if obj.get(entry) is None:
-            raise HqtdError(f"{path}: hqtd checkpoint has no {entry!r} weights")
-        obj, native = obj[entry], True
-    else:
-        native = False
-        for wrapper in ("state_dict", "shadow"):
-            if isinstance(obj, Mapping) and wrapper in obj:
-                obj = obj[wrapper]
-                break
+@dataclass(frozen=True)
+class CheckpointWeights:
+    """One set of weights read from a checkpoint file, not yet fitted to a model."""
+
+    path: Path
+    state: dict[str, Tensor]  # DataParallel's ``module.`` prefix removed
+    native: bool  # already in hqtd's key layout
+    entry: str | None  # the file's entry they come from; None for a bare state dict
+    authors_format: bool  # the file is in the authors' save format (``state_dict``/``shadow``)
+
+
+def choose_entry(
+    checkpoint: Mapping, path: Path, weights: Weights, for_training: bool
+) -> str | None:
+    """The entry of a loaded checkpoint that holds the requested weights (module docstring).
+
+    Args:
+        checkpoint: the loaded file; an hqtd file has ``format``.
+        path: the file, for messages.
+        weights: which weights are asked for.
+        for_training: ``auto`` starts adaptation: an authors' file's student (``state_dict``).
+
+    Returns:
+        The entry name, None for a bare state dict (which only ``auto`` may use).
+
+    Raises:
+        HqtdError: an explicit request the file cannot serve, naming what it holds.
+    """
+    hqtd = "format" in checkpoint
+    names = HQTD_ENTRIES if hqtd else AUTHORS_ENTRIES
+    present = [name for name in names.values() if checkpoint.get(name) is not None]
+    if not hqtd and not present:
+        if weights is Weights.auto:
+            return None
+        raise HqtdError(
+            f"{path}: a bare state dict, without separate student and EMA weights; "
+            f"only 'auto' can use it, not {weights.value!r}"
+        )
+    wanted = weights
+    if weights is Weights.auto:
+        wanted = Weights.student if for_training and not hqtd else Weights.ema
+        if names[wanted] not in present and present:
+            return present[0]  # the only weights the file has, as the authors' loader falls back
+    if names[wanted] not in present:
+        holds = ", ".join(present) or "neither"
+        raise HqtdError(
+            f"{path}: no {wanted.value} weights ({names[wanted]!r}) in this file; it holds: {holds}"
+        )
+    return names[wanted]
+
+
+def read_weights(
+    path: str | Path, weights: Weights = Weights.auto, *, for_training: bool = False
+) -> CheckpointWeights:
+    """Read the requested weights of a checkpoint of any supported kind (module docstring).
+
+    Raises:
+        HqtdError: a missing, unreadable or foreign file, or an entry it does not hold.
+    """
+    path = Path(path)
+    obj = _read(path)
+    hqtd = isinstance(obj, Mapping) and "format" in obj
+    if hqtd and obj["format"] != HQTD_FORMAT:
+        raise HqtdError(f"{path}: unsupported checkpoint format {obj['format']!r}")
+    entry = choose_entry(obj, path, weights, for_training) if isinstance(obj, Mapping) else None
+    if entry is not None:
+        obj = obj[entry]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise HqtdError(f"{path}: expected a state dict of tensors")
     state = dict(obj)
     if state and all(key.startswith("module.") for key in state):  # saved from DataParallel/DDP
         state = {key.removeprefix("module."): value for key, value in state.items()}
-    native = native or any(key.startswith("backbone.") for key in state)
-    return state, native
+    native = hqtd or any(key.startswith("backbone.") for key in state)
+    authors_format = not hqtd and entry is not None
+    return CheckpointWeights(path, state, native, entry, authors_format)
 
 
 def _to_hqtd(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], bool]:
@@ -167,8 +235,13 @@ def _check(
 
 
 def load_weights(
-    model: nn.Module, path: str | Path, *, strict_heads: bool = True, entry: str = "ema"
-) -> None:
+    model: nn.Module,
+    path: str | Path,
+    *,
+    strict_heads: bool = True,
+    weights: Weights = Weights.auto,
+    for_training: bool = False,
+) -> str | None:
     """Load a checkpoint of any supported kind (module docstring) into ``model`` in place.
 
     Args:
@@ -176,16 +249,27 @@ def load_weights(
         path: the file.
         strict_heads: if False, head weights in the file are ignored and the model's heads kept
             (backbone-only initialisation from any file).
-        entry: which weights of an hqtd training checkpoint to take, ``"ema"`` or ``"model"``.
+        weights: the student or EMA weights of the file (see :func:`choose_entry`).
+        for_training: the weights start a training run (``auto``: an authors' ``state_dict``).
+
+    Returns:
+        The file's entry the weights came from, None for a bare state dict.
 
     Raises:
-        HqtdError: a missing or unreadable file, or weights that do not fit: the message lists the
-            unexpected, missing or mis-shaped keys.
+        HqtdError: a missing or unreadable file, an entry the file lacks, or weights that do not
+            fit: the message lists the unexpected, missing or mis-shaped keys.
     """
-    path = Path(path)
-    state, native = _unwrap(_read(path), path, entry)
-    with_heads = True
-    if not native:
+    loaded = read_weights(path, weights, for_training=for_training)
+    apply_weights(model, loaded, strict_heads=strict_heads)
+    return loaded.entry
+
+
+def apply_weights(
+    model: nn.Module, loaded: CheckpointWeights, *, strict_heads: bool = True
+) -> None:
+    """Fit weights from :func:`read_weights` to ``model`` and load them (:func:`load_weights`)."""
+    state, with_heads = loaded.state, True
+    if not loaded.native:
         state, with_heads = _to_hqtd(state)
     # A 2-branch model (the authors' ASPP, which sums only the first two) takes the first two of
     # a file's four branches: the authors' files always store four, and hqtd's `official` runs
@@ -197,5 +281,5 @@ def load_weights(
         with_heads = False
     model_state = model.state_dict()
     state = _select_rows(state, model_state)
-    _check(state, model_state, with_heads, path)
+    _check(state, model_state, with_heads, loaded.path)
     model.load_state_dict(state, strict=False)

@@ -71,6 +71,8 @@ class DeepLabV2(nn.Module):
         num_classes: logits per pixel.
         aspp_branches: how many ASPP dilations (from 6, 12, 18, 24) each head sums.
         input_style: the input normalisation the weights expect.
+        align_corners: the convention of the bilinear upsampling of both heads' logits to the
+            input size (``ModelConfig.align_corners``, METHOD.md §8.1).
     """
 
     def __init__(
@@ -80,8 +82,10 @@ class DeepLabV2(nn.Module):
         num_classes: int,
         aspp_branches: int,
         input_style: InputStyle,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
+        self.align_corners = align_corners
         self.backbone = IntermediateLayerGetter(backbone, {"layer3": "aux", "layer4": "main"})
         dilations = ASPP_DILATIONS[:aspp_branches]
         self.head_aux = ASPPV2(channels[0], num_classes, dilations)
@@ -100,20 +104,29 @@ class DeepLabV2(nn.Module):
         return (x[:, self.channel_order] - self.pixel_mean) / self.pixel_std
 
     def forward(self, x: Tensor, aux: bool = True) -> SegOutput:
-        """(B, 3, H, W) RGB in [0, 1] -> :class:`SegOutput` (bilinear, align_corners=False).
+        """(B, 3, H, W) RGB in [0, 1] -> :class:`SegOutput`, both heads upsampled by
+        :meth:`upsample`.
 
         ``aux=False`` skips the aux head and its upsampling (``SegOutput.aux`` is None) for callers
         that use only the main head; ``main`` and its gradient are the same either way.
         """
         features = self.backbone(self.normalise(x))
         main_small = self.head_main(features["main"])  # (B, C, h, w), stride 8
-        aux_small = self.head_aux(features["aux"]) if aux else None
-        size = x.shape[-2:]
-        main = F.interpolate(main_small, size=size, mode="bilinear", align_corners=False)
-        if aux_small is None:
+        size = (x.shape[-2], x.shape[-1])
+        main = self.upsample(main_small, size)
+        if not aux:
             return SegOutput(main, None, main_small)
-        aux_logits = F.interpolate(aux_small, size=size, mode="bilinear", align_corners=False)
-        return SegOutput(main, aux_logits, main_small)
+        return SegOutput(main, self.upsample(self.head_aux(features["aux"]), size), main_small)
+
+    def upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """(B, C, h, w) stride-8 logits -> (B, C, H, W) at ``size`` = (H, W), bilinear.
+
+        ``align_corners=False`` (hqtd's default) is the half-pixel convention: output pixel
+        centre ``(i + 0.5)·h/H − 0.5`` on the input grid, as every other resize in hqtd. The
+        authors' network uses ``True``: ``i·(h − 1)/(H − 1)``, the corner pixels coincide
+        (METHOD.md §8.1).
+        """
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
         """SGD parameter groups: trainable backbone parameters at ``lr``, both heads at
@@ -227,7 +240,14 @@ def build_model(cfg: ModelConfig) -> DeepLabV2:
         backbone, channels = mini_backbone(cfg.mini_width, cfg.caffe_stride)
     else:
         backbone, channels = resnet101_backbone(cfg.caffe_stride)
-    model = DeepLabV2(backbone, channels, cfg.num_classes, cfg.aspp_branches, cfg.input_style)
+    model = DeepLabV2(
+        backbone,
+        channels,
+        cfg.num_classes,
+        cfg.aspp_branches,
+        cfg.input_style,
+        align_corners=cfg.align_corners,
+    )
     if cfg.init is not None:
-        load_weights(model, cfg.init)
+        load_weights(model, cfg.init, for_training=True)
     return model
