@@ -8,7 +8,6 @@ summed over images (and over DDP ranks), never from averaged per-image scores.
 from __future__ import annotations
 
 import math
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from hqtd.io import atomic_path, write_json
 from hqtd.metrics import ConfusionMatrix
 from hqtd.models.checkpoints import load_weights
 from hqtd.models.deeplabv2 import build_model
+from hqtd.provenance import combined_hash, environment, manifest_hashes
 
 
 def resolve_device(name: str, threads: int = 0) -> torch.device:
@@ -135,21 +135,6 @@ def selection_score(scores: dict) -> float:
     return -math.inf if value is None else value
 
 
-def git_revision() -> str:
-    """The code's git commit, ``unknown`` outside a git checkout or without git."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return result.stdout.strip()
-
-
 def evaluation_config(overrides: list[str]) -> Config:
     """The run's saved ``config.yaml`` with the command's overrides applied.
 
@@ -190,6 +175,9 @@ def evaluate_command(overrides: list[str]) -> None:
     Evaluates the EMA weights of the protocol's checkpoint (``best``/``last`` of the run, or
     ``checkpoint=FILE``: any file :func:`load_weights` accepts) on target val and writes
     ``<run_dir>/eval/<protocol>/metrics.json`` and ``confusion.npy`` (int64 CxC, conf[gt, pred]).
+    ``metrics.json`` also records where it was made: ``provenance`` (:mod:`hqtd.provenance`: the
+    git revision, versions, device, threads, determinism settings and ``data``, one hash over the
+    ``data_manifests`` of the benchmark, which are listed with their own hashes).
     """
     config = evaluation_config(overrides)
     run_dir = Path(config.run_dir)
@@ -238,10 +226,16 @@ def evaluate_command(overrides: list[str]) -> None:
             "checkpoint": checkpoint_name,
         },
         "iteration": checkpoint_iteration(path),
-        "git_revision": git_revision(),
         "num_classes": num_classes,
         "class_names": list(class_names(num_classes)),
         **score_summary(conf),
+    }
+    manifests = manifest_hashes(config)
+    provenance = environment(device, config.train.determinism)
+    metrics |= {
+        "git_revision": provenance["git_revision"],
+        "provenance": provenance | {"data": combined_hash(manifests)},
+        "data_manifests": manifests,
     }
     out = run_dir / "eval" / config.protocol.name
     with atomic_path(out / "confusion.npy") as tmp, open(tmp, "wb") as handle:

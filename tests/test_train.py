@@ -62,7 +62,7 @@ TINY = [
 ]
 METRICS_KEYS = {
     "benchmark", "method", "seed", "protocol", "iteration", "git_revision", "num_classes",
-    "class_names", "iou", "mIoU", "pixel_accuracy",
+    "class_names", "iou", "mIoU", "pixel_accuracy", "provenance", "data_manifests",
 }  # fmt: skip
 
 
@@ -357,6 +357,35 @@ def test_sixteen_class_runs_report_miou16_and_miou13(data_root: Path, tmp_path: 
     assert metrics["num_classes"] == 16 and len(metrics["iou"]) == 16
     best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
     assert best["best_score"] == pytest.approx(read_jsonl(tmp_path / "val_log.jsonl")[-1]["mIoU13"])
+
+
+def test_metrics_record_where_they_were_made(
+    data_root: Path, source_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+):
+    run_dir = source_checkpoint.parent.parent
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    evaluate_command([f"run_dir={run_dir}", "protocol=strict", "train.device=cpu"])
+    metrics = json.loads((run_dir / "eval/strict/metrics.json").read_text())
+    recorded = metrics["provenance"]
+    assert set(recorded) == set(hqtd.provenance.KEYS)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(hqtd.__file__).parent).stdout.strip()  # fmt: skip
+    assert recorded["git_revision"] == metrics["git_revision"] == head
+    assert recorded["git_dirty"] in (True, False)
+    assert recorded["torch_version"] == torch.__version__
+    assert recorded["threads"] == 1  # train.threads=1 of the run's config
+    assert recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert recorded["device"] and recorded["determinism"] == "default"
+    assert (recorded["MKL_CBWR"], recorded["ONEDNN_MAX_CPU_ISA"]) == ("COMPATIBLE", "")
+    manifests = {
+        str(data_root / "prepared" / name / "manifest.json")
+        for name in ("mini_gta5", "mini_cityscapes")
+    }
+    assert set(metrics["data_manifests"]) == manifests
+    for path, digest in metrics["data_manifests"].items():
+        assert digest == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    assert len(recorded["data"]) == 64
 
 
 def test_oracle_trains_on_target_labels(data_root: Path, tmp_path: Path):
