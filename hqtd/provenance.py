@@ -19,11 +19,15 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hqtd import __version__
 from hqtd.codedeps import code_fingerprint
-from hqtd.config import Config
+from hqtd.config import PARAMS_DIR, Config
 from hqtd.io import file_sha256
+
+if TYPE_CHECKING:
+    import torch
 
 #: Environment variables that pin CPU kernels (DESIGN.md, determinism), recorded as found.
 PINNING_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
@@ -98,9 +102,11 @@ def git_revision() -> str:
 
 
 def git_dirty() -> bool | str:
-    """True when tracked files differ from the commit (untracked files are ignored: results and
-    data written by the runs themselves must not mark the code dirty); ``unknown`` without git."""
-    output = _git("status", "--porcelain", "--untracked-files=no")
+    """True when the package or ``params/`` differ from the commit (modified or new files);
+    ``unknown`` without git. Only these count: the results a workflow writes are tracked files
+    too, and must not mark the code that made them dirty."""
+    code = (Path(__file__).resolve().parent, PARAMS_DIR)
+    output = _git("status", "--porcelain", "--", *map(str, code))
     return UNKNOWN if output is None else bool(output.strip())
 
 
@@ -115,7 +121,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or UNKNOWN
 
 
-def environment(device: Any, determinism: str) -> dict[str, Any]:
+def environment(device: torch.device, determinism: str) -> dict[str, Any]:
     """The flat provenance of the calling process (the :data:`KEYS` except ``data``).
 
     Args:
@@ -124,8 +130,6 @@ def environment(device: Any, determinism: str) -> dict[str, Any]:
         determinism: ``config.train.determinism``.
     """
     import torch  # here: the rest of this module serves commands that never load torch
-
-    from hqtd import __version__
 
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
