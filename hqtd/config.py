@@ -67,6 +67,14 @@ class Determinism(StrEnum):
     portable = "portable"  # kernels pinned so that x86-64 CPUs with AVX2 give the same bits
 
 
+class OnChange(StrEnum):
+    """What ``hqtd train`` does with a run directory that holds another computation (config,
+    code, data or initial weights differ from the command's)."""
+
+    refuse = "refuse"  # stop with one line naming what differs
+    restart = "restart"  # delete the old run's training outputs and train from scratch
+
+
 class CheckpointRule(StrEnum):
     best = "best"  # best EMA checkpoint on target val (the authors' selection)
     last = "last"  # last-iteration EMA weights
@@ -155,6 +163,7 @@ class TrainConfig:
     num_workers: int = 4
     threads: int = 0  # torch intra-op threads, 0 = torch default
     determinism: Determinism = Determinism.default  # CPU kernel pinning (README, determinism)
+    on_change: OnChange = OnChange.refuse  # run_dir holds another computation (hqtd.train)
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import subprocess
 from collections.abc import Collection
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from hqtd.io import atomic_path, write_json
 from hqtd.metrics import ConfusionMatrix
 from hqtd.models.checkpoints import apply_weights, read_weights
 from hqtd.models.deeplabv2 import build_model
+from hqtd.provenance import combined_hash, environment, manifest_hashes
 
 #: The authors' network, for scoring their checkpoints: align_corners (§8.1), 2-branch ASPP (§2).
 AUTHORS_MODEL = {"align_corners": True, "aspp_branches": 2}
@@ -150,21 +150,6 @@ def selection_score(scores: dict) -> float:
     return -math.inf if value is None else value
 
 
-def git_revision() -> str:
-    """The code's git commit, ``unknown`` outside a git checkout or without git."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return result.stdout.strip()
-
-
 def override_pairs(overrides: list[str]) -> dict[str, str]:
     """``KEY=VALUE`` command-line overrides as a dict (the last of a repeated key wins)."""
     pairs = {}
@@ -229,6 +214,9 @@ def evaluate_command(overrides: list[str]) -> None:
     ``shadow``, as their evaluation, §8.2); ``metrics.json`` records the request and the entry
     scored. A file in the authors' save format is scored with their network conventions
     (:func:`authors_conventions`).
+    ``metrics.json`` also records where it was made: ``provenance`` (:mod:`hqtd.provenance`: the
+    git revision, versions, device, threads, determinism settings and ``data``, one hash over the
+    ``data_manifests`` of the benchmark, which are listed with their own hashes).
     """
     config = evaluation_config(overrides)
     run_dir = Path(config.run_dir)
@@ -284,10 +272,16 @@ def evaluate_command(overrides: list[str]) -> None:
         },
         "iteration": checkpoint_iteration(path),
         "weights": {"requested": config.weights.value, "entry": loaded.entry},
-        "git_revision": git_revision(),
         "num_classes": num_classes,
         "class_names": list(class_names(num_classes)),
         **score_summary(conf),
+    }
+    manifests = manifest_hashes(config)
+    provenance = environment(device, config.train.determinism)
+    metrics |= {
+        "git_revision": provenance["git_revision"],
+        "provenance": provenance | {"data": combined_hash(manifests)},
+        "data_manifests": manifests,
     }
     out = run_dir / "eval" / config.protocol.name
     with atomic_path(out / "confusion.npy") as tmp, open(tmp, "wb") as handle:

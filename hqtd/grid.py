@@ -130,13 +130,18 @@ class Run:
     def train_overrides(
         self, data_root: str = "data", grid_overrides: tuple[str, ...] = ()
     ) -> list[str]:
-        """The ``hqtd train`` arguments of this run (the grid's overrides come last)."""
+        """The ``hqtd train`` arguments of this run (the grid's overrides come last).
+
+        ``train.on_change=restart``: a workflow reruns a training job only when one of its inputs
+        changed, so a run directory holding another computation is to be trained again.
+        """
         args = [
             f"benchmark={self.benchmark}",
             f"method={self.method}",
             f"seed={self.seed}",
             f"run_dir={self.run_dir}",
             f"data_root={data_root}",
+            "train.on_change=restart",
         ]
         if self.init_checkpoint is not None:
             args.append(f"train.init_checkpoint={self.init_checkpoint}")

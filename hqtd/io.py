@@ -6,6 +6,7 @@ A crash or kill therefore leaves either the previous complete file or none, neve
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -46,3 +47,9 @@ def write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     """Atomically write raw bytes to ``path``."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(payload)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in chunks (checkpoints and images can be large)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -10,7 +10,14 @@ DistributedDataParallel (gloo on CPU, NCCL on CUDA); only rank 0 writes files.
 Run directory: ``config.yaml``, ``train_log.jsonl`` (loss terms and lr every ``train.log_every``
 iterations), ``val_log.jsonl`` (EMA mIoU and per-class IoU on target val every
 ``train.eval_every``), the same scalars as TensorBoard events in ``tensorboard/``,
-``checkpoints/last.pt`` and ``checkpoints/best.pt``, and ``done`` at the end.
+``checkpoints/last.pt`` and ``checkpoints/best.pt``, ``provenance.json`` (the code, data and
+initial-weights fingerprint of :func:`hqtd.provenance.run_identity`), and ``done`` at the end.
+
+A run directory is resumed (or, finished, left alone) only for the same computation: the same
+config (except :data:`RESUMABLE_KEYS`), code, data and initial weights. Otherwise ``hqtd train``
+refuses with one line naming what differs, or with ``train.on_change=restart`` deletes what the
+old run trained and starts over (what the workflows pass: they rerun a job only when one of its
+inputs changed).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import json
 import math
 import os
 import random
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +45,7 @@ from tqdm import tqdm
 
 from hqtd.adapt.ema import ModelEMA
 from hqtd.adapt.step import adaptation_step, supervised_step
-from hqtd.config import Config, DatasetConfig, Stage, from_yaml, to_yaml
+from hqtd.config import Config, DatasetConfig, OnChange, Stage, from_yaml, to_yaml
 from hqtd.data.datasets import SegmentationDataset
 from hqtd.data.labels import class_names
 from hqtd.errors import HqtdError
@@ -49,13 +57,21 @@ from hqtd.evaluate import (
     score_summary,
     selection_score,
 )
-from hqtd.io import atomic_path, write_text
+from hqtd.io import atomic_path, write_json, write_text
 from hqtd.models.checkpoints import load_weights
 from hqtd.models.deeplabv2 import build_model
+from hqtd.provenance import differences, run_identity
 
 CHECKPOINT_FORMAT = "hqtd-train-v1"
 #: Settings that may change between a run and its resume: they do not change the results.
-RESUMABLE_KEYS = ("train.device", "train.num_workers", "train.threads")
+RESUMABLE_KEYS = ("train.device", "train.num_workers", "train.threads", "train.on_change")
+PROVENANCE_FILE = "provenance.json"
+#: What a restart deletes: everything a training run writes into its run directory, and the
+#: evaluations of the old weights (``logs/`` stays: the workflows' log of the current job).
+TRAINING_OUTPUTS = (
+    "checkpoints", "tensorboard", "train_log.jsonl", "val_log.jsonl", "done", "eval",
+    PROVENANCE_FILE,
+)  # fmt: skip
 # Independent random streams derived from the run's seed.
 SOURCE_STREAM, TARGET_STREAM, STEP_STREAM = 1, 2, 3
 
@@ -416,54 +432,103 @@ def total_iterations(config: Config) -> int:
     return config.train.source_only_iterations
 
 
-def prepare_run_dir(config: Config, runtime: Runtime) -> dict[str, Any] | None:
-    """Check a resumed run's saved config, load its last checkpoint, write ``config.yaml``.
+def recorded_changes(config: Config, identity: dict[str, Any]) -> list[str]:
+    """What differs between the run recorded in ``config.run_dir`` and this one: config keys
+    (except :data:`RESUMABLE_KEYS`), ``code``, ``data PATH``, initial-weights content; a run
+    recorded before hqtd wrote ``provenance.json`` has unknown code and data."""
+    run_dir = Path(config.run_dir)
+    saved = run_dir / "config.yaml"
+    found = config_differences(from_yaml(saved), config) if saved.exists() else ["config unknown"]
+    try:
+        record = json.loads((run_dir / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [*found, f"code and data unknown (no {PROVENANCE_FILE})"]
+    except (OSError, ValueError) as error:
+        raise HqtdError(f"{run_dir / PROVENANCE_FILE}: unreadable ({error})") from None
+    return found + differences(record, identity)
+
+
+def existing_run(config: Config, identity: dict[str, Any]) -> str:
+    """Decide what to do with what ``config.run_dir`` holds, before anything is changed.
+
+    Returns:
+        ``new`` (nothing trained there, or a restart), ``resume`` (the same computation, with a
+        last checkpoint) or ``finished`` (the same computation, done).
+
+    Raises:
+        HqtdError: the run directory holds another computation and ``train.on_change`` is
+            ``refuse``.
+    """
+    run_dir = Path(config.run_dir)
+    finished = (run_dir / "done").exists()
+    if not finished and not (run_dir / "checkpoints" / "last.pt").exists():
+        return "new"
+    changed = recorded_changes(config, identity)
+    if not changed:
+        return "finished" if finished else "resume"
+    what = f"{'finished' if finished else 'unfinished'} run of other {', '.join(changed)}"
+    if config.train.on_change is OnChange.refuse:
+        raise HqtdError(
+            f"{run_dir}: holds a {what}; pass train.on_change=restart to train it again from "
+            "scratch, or use another run_dir"
+        )
+    print(f"{run_dir}: held a {what}; training again from scratch (train.on_change=restart)")
+    return "new"
+
+
+def prepare_run_dir(
+    config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Start or resume the run directory: load the last checkpoint (``resume``) or delete what an
+    earlier run trained there, then write ``config.yaml`` and ``provenance.json``.
 
     Returns:
         the last checkpoint, or None for a fresh run.
     """
     run_dir = Path(config.run_dir)
-    saved = run_dir / "config.yaml"
-    last = run_dir / "checkpoints" / "last.pt"
-    checkpoint = None
-    if last.exists():
-        if saved.exists():
-            differing = config_differences(from_yaml(saved), config)
-            if differing:
-                raise HqtdError(
-                    f"{run_dir}: holds a run with a different configuration "
-                    f"({', '.join(differing)}); use another run_dir or delete this one"
-                )
-        checkpoint = load_checkpoint(last)
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt") if resume else None
     if runtime.is_main:
-        write_text(saved, to_yaml(config))
+        if not resume:
+            clear_training_outputs(run_dir)
+        write_text(run_dir / "config.yaml", to_yaml(config))
+        write_json(run_dir / PROVENANCE_FILE, identity)
         start = checkpoint["iteration"] if checkpoint else 0
         truncate_log(run_dir / "train_log.jsonl", start)
         truncate_log(run_dir / "val_log.jsonl", start)
     return checkpoint
 
 
+def clear_training_outputs(run_dir: Path) -> None:
+    """Delete :data:`TRAINING_OUTPUTS` from ``run_dir`` (a fresh run must not inherit them)."""
+    for name in TRAINING_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def train(config: Config) -> None:
-    """Train one run as configured; resume from ``run_dir/checkpoints/last.pt`` when present.
+    """Train one run as configured; resume from ``run_dir/checkpoints/last.pt`` when it holds the
+    same computation (see the module docstring).
 
     Raises:
         HqtdError: a stage the benchmark cannot run, a missing or mismatched initial checkpoint,
-            a run_dir holding a different configuration, or a non-finite loss.
+            a run_dir holding another computation (unless ``train.on_change=restart``), or a
+            non-finite loss.
     """
-    run_dir = Path(config.run_dir)
-    if (run_dir / "done").exists():
-        differing = config_differences(from_yaml(run_dir / "config.yaml"), config)
-        if differing:
-            raise HqtdError(
-                f"{run_dir}: holds a finished run with different {', '.join(differing)}"
-            )
-        print(f"{run_dir}: run complete, nothing to do")
+    identity = run_identity(config)
+    # Decided by every process before any of them changes the directory: under torchrun, rank 0
+    # clears it only after all ranks joined the process group (setup_runtime).
+    state = existing_run(config, identity)
+    if state == "finished":
+        print(f"{config.run_dir}: run complete, nothing to do")
         return
     check_stage(config)
     deterministic = torch.are_deterministic_algorithms_enabled()
     runtime = setup_runtime(config)
     try:
-        run(config, runtime)
+        run(config, runtime, resume=state == "resume", identity=identity)
     finally:
         torch.use_deterministic_algorithms(deterministic)  # leave the caller's process as it was
         if dist.is_initialized():
@@ -512,10 +577,10 @@ def validate(ema: ModelEMA, val_set: Dataset, config: Config, runtime: Runtime) 
     return score_summary(conf)
 
 
-def run(config: Config, runtime: Runtime) -> None:
+def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]) -> None:
     """The training loop (see :func:`train`)."""
     tc, device, run_dir = config.train, runtime.device, Path(config.run_dir)
-    checkpoint = prepare_run_dir(config, runtime)
+    checkpoint = prepare_run_dir(config, runtime, resume, identity)
     total = total_iterations(config)
 
     # Model, EMA (evaluation always uses the EMA weights, in every stage) and optimiser.

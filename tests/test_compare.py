@@ -8,6 +8,7 @@ import pytest
 
 from hqtd.cli import main
 from hqtd.errors import HqtdError
+from hqtd.provenance import KEYS
 from hqtd.report.compare import compare
 
 HEADER = "benchmark,method,seed,protocol,checkpoint,iteration,metric,iou\n"
@@ -19,6 +20,16 @@ def runs_csv(values: dict[tuple[str, int, str], float]) -> str:
         f"gta5,{m},{s},paper,best,600,{metric},{v:.4f}\n" for (m, s, metric), v in values.items()
     ]
     return HEADER + "".join(lines)
+
+
+def with_provenance(csv_text: str, **values: str) -> str:
+    """``csv_text`` with the provenance columns of ``hqtd tables`` (``values`` override)."""
+    columns = {key: "x" for key in KEYS} | values
+    lines = csv_text.splitlines()
+    header = lines[0] + "," + ",".join(columns)
+    return (
+        "\n".join([header] + [line + "," + ",".join(columns.values()) for line in lines[1:]]) + "\n"
+    )
 
 
 def git(repo: Path, *args: str) -> str:
@@ -95,3 +106,23 @@ def test_unknown_revision_and_missing_file_are_errors(repo, capsys):
     assert capsys.readouterr().err.strip() == "hqtd compare: error: nosuchrev: not a git revision"
     assert main(["compare", "HEAD", "--grid", "nope"]) == 2
     assert "unknown grid 'nope'; available: demo, mini, paper" in capsys.readouterr().err
+
+
+def test_warns_once_per_differing_provenance_key(repo):
+    tables = repo / "results" / "tables" / "demo"
+    values = {("full", 0, "road"): 80.0, ("full", 1, "road"): 82.0}
+    (tables / "runs.csv").write_text(with_provenance(runs_csv(values), git_revision="a"))
+    git(repo, "commit", "-qam", "with provenance")
+    same = compare("HEAD", None, "demo")
+    assert "Warning" not in same
+    changed = with_provenance(
+        runs_csv(values), git_revision="b", torch_version="2.14.0", threads="4"
+    )
+    (tables / "runs.csv").write_text(changed)
+    warnings = [line for line in compare("HEAD", None, "demo").splitlines() if "Warning" in line]
+    assert warnings == [
+        "Warning: torch_version differs: A x; B 2.14.0.",
+        "Warning: threads differs: A x; B 4.",
+    ]  # the git revision differs by design: not warned
+    older = [line for line in compare("HEAD~1", "HEAD", "demo").splitlines() if "Warning" in line]
+    assert older == ["Warning: A records no provenance (older runs.csv)."]

@@ -69,12 +69,14 @@ def test_train_overrides_name_the_run_and_end_with_the_grid_overrides():
         "seed=1",
         "run_dir=results/runs/paper/gta5/t2s/seed1",
         "data_root=/data",
+        "train.on_change=restart",  # the workflows rerun a job only when its inputs changed
         "train.init_checkpoint=results/runs/paper/gta5/source_only/seed1/checkpoints/last.pt",
         "train.iterations=5",
     ]
-    assert Run("paper", "gta5", "source_only", 0).train_overrides()[-2:] == [
+    assert Run("paper", "gta5", "source_only", 0).train_overrides()[-3:] == [
         "run_dir=results/runs/paper/gta5/source_only/seed0",
         "data_root=data",
+        "train.on_change=restart",
     ]
     assert load_grid("demo").overrides[0] == "train.iterations=300"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from raw_datasets import (
     write_rgb,
 )
 
+import hqtd.data.formats
 import hqtd.data.prepare
 from hqtd.cli import main
 from hqtd.data.datasets import SegmentationDataset
@@ -121,6 +123,45 @@ def test_second_run_rewrites_nothing_and_raw_is_untouched(tmp_path: Path) -> Non
     assert tree_state(out) == first
     assert tree_state(raw) == raw_before
     assert not list(out.rglob("*.tmp"))
+
+
+def test_changed_mapping_converts_every_label_again(tmp_path: Path, monkeypatch) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    ids = make_gta5(raw)
+    assert run_prepare("gta5", raw, out) == 0
+    before = manifest(out)
+    edited = {**CITYSCAPES_TO_TRAIN, 7: 1}  # labelId 7 (road) now maps to sidewalk
+    edited_lut = np.full(256, 255, dtype=np.uint8)
+    for raw_id, train_id in edited.items():
+        edited_lut[raw_id] = train_id
+    monkeypatch.setattr(hqtd.data.formats, "CITYSCAPES_LUT", edited_lut)  # as an edited labels.py
+    assert run_prepare("gta5", raw, out) == 0
+    after = manifest(out)
+    label = read_png(out / after["splits"]["train"][0]["label"])
+    np.testing.assert_array_equal(label, expected_trainids(all_8bit_ids(), edited))
+    assert label.ravel()[7] == 1
+    assert after["label_table_sha256"] != before["label_table_sha256"]
+    assert [e["id"] for e in after["splits"]["train"]] == ids
+
+
+def test_raw_label_replaced_with_its_old_mtime_is_converted_again(tmp_path: Path, capsys) -> None:
+    """``cp -p`` of a corrected label keeps the old file's mtime (older than the output)."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    ids = make_gta5(raw)
+    assert run_prepare("gta5", raw, out) == 0
+    target = raw / "labels" / f"{ids[1]}.png"
+    old_stat = target.stat()
+    corrected = tmp_path / "corrected.png"
+    write_palette_label(corrected, np.full((SIZE, SIZE), 26))  # labelId 26 = car = trainId 13
+    os.utime(corrected, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
+    shutil.copy2(corrected, target)  # what cp -p does
+    assert target.stat().st_mtime_ns == old_stat.st_mtime_ns
+    capsys.readouterr()
+    assert run_prepare("gta5", raw, out) == 0
+    assert "(1 converted, 2 up to date" in capsys.readouterr().out
+    np.testing.assert_array_equal(read_png(out / "labels" / "train" / f"{ids[1]}.png"), 13)
+    entry = manifest(out)["splits"]["train"][1]
+    assert entry["sources"]["label"] == hashlib.sha256(target.read_bytes()).hexdigest()
 
 
 def test_changed_resize_rewrites_outputs(tmp_path: Path) -> None:

@@ -21,6 +21,14 @@ from hqtd.report.tables import collect, write_tables
 
 GOLDEN = Path(__file__).parent / "golden" / "tables"
 METHOD_SHIFT = {"source_only": 0, "full": 40, "oracle": 90}
+#: What ``hqtd evaluate`` records under "provenance" (values made up, one per key).
+PROVENANCE = {
+    "git_revision": "0" * 40, "git_dirty": False, "hqtd_version": "0.1.0",
+    "torch_version": "2.13.0+cpu", "cuda_version": "none", "cudnn_version": "none",
+    "device": "Some CPU @ 2.0GHz", "cpu_capability": "AVX2", "threads": 2, "data": "d" * 64,
+    "determinism": "portable", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_CBWR": "COMPATIBLE",
+}  # fmt: skip
 
 
 def confusion(num_classes: int, method: str, seed: int, absent: tuple[int, ...] = ()) -> np.ndarray:
@@ -36,9 +44,12 @@ def confusion(num_classes: int, method: str, seed: int, absent: tuple[int, ...] 
     return conf.astype(np.int64)
 
 
-def write_eval(runs: Path, benchmark: str, method: str, seed: int, protocol: str, conf) -> None:
+def write_eval(
+    runs: Path, benchmark: str, method: str, seed: int, protocol: str, conf, provenance=PROVENANCE
+) -> None:
     """Files as ``hqtd evaluate`` writes them (metrics.json values deliberately not the real ones:
-    the tables must recompute everything from confusion.npy)."""
+    the tables must recompute everything from confusion.npy); ``provenance=None``: a file from
+    before hqtd recorded provenance."""
     out = runs / benchmark / method / f"seed{seed}" / "eval" / protocol
     out.mkdir(parents=True)
     np.save(out / "confusion.npy", conf)
@@ -55,13 +66,16 @@ def write_eval(runs: Path, benchmark: str, method: str, seed: int, protocol: str
         "mIoU": -1.0,
         "pixel_accuracy": -1.0,
     }
+    if provenance is not None:
+        meta["provenance"] = provenance
     (out / "metrics.json").write_text(json.dumps(meta))
 
 
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:
     """gta5 (19 classes, reported rows) under both protocols; mini_synthia (16 classes, class 3
-    absent) under the paper protocol with an oracle evaluated for one seed only."""
+    absent) under the paper protocol with an oracle evaluated for one seed only, by an hqtd that
+    did not record provenance yet."""
     root = tmp_path / "runs"
     for method in ("full", "source_only"):  # written out of order: tables sort by grid order
         for seed in (1, 0):
@@ -69,7 +83,8 @@ def runs(tmp_path: Path) -> Path:
                 write_eval(root, "gta5", method, seed, protocol, confusion(19, method, seed))
             conf = confusion(16, method, seed, absent=(3,))
             write_eval(root, "mini_synthia", method, seed, "paper", conf)
-    write_eval(root, "mini_synthia", "oracle", 0, "paper", confusion(16, "oracle", 0, (3,)))
+    conf = confusion(16, "oracle", 0, (3,))
+    write_eval(root, "mini_synthia", "oracle", 0, "paper", conf, provenance=None)
     return root
 
 
@@ -135,6 +150,19 @@ def test_16_and_13_class_means_come_from_each_runs_matrix(runs, tmp_path):
     assert len(row) == 16 + 2
     # One row per run x protocol x class (+ means): gta5 2 methods x 2 seeds x 2 protocols x 20.
     assert len(tidy.query("benchmark == 'gta5'")) == 2 * 2 * 2 * 20
+
+
+def test_every_row_carries_its_runs_provenance(runs, tmp_path):
+    out = tmp_path / "tables"
+    write_tables(runs, out)
+    tidy = pd.read_csv(out / "runs.csv", dtype=str, keep_default_na=False)
+    assert list(tidy.columns[-len(PROVENANCE) :]) == list(PROVENANCE)
+    recorded = tidy.query("method != 'oracle'")
+    for key, value in PROVENANCE.items():
+        assert set(recorded[key]) == {str(value)}, key
+    old = tidy.query("method == 'oracle'")  # its metrics.json has only the git revision
+    assert set(old["git_revision"]) == {"0" * 40}
+    assert set(old["device"]) == set(old["data"]) == {""}
 
 
 def test_markdown_marks_best_n_and_reported_rows(runs, tmp_path):

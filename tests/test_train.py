@@ -6,9 +6,11 @@ stored size and resized to 64x32 by the datasets) and a mini model of width 8.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +23,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+import hqtd.codedeps
+import hqtd.config
+import hqtd.provenance
 import hqtd.train
 from hqtd.adapt.step import StepResult
 from hqtd.cli import main
@@ -57,7 +62,7 @@ TINY = [
 ]
 METRICS_KEYS = {
     "benchmark", "method", "seed", "protocol", "iteration", "git_revision", "num_classes",
-    "class_names", "iou", "mIoU", "pixel_accuracy", "weights",
+    "class_names", "iou", "mIoU", "pixel_accuracy", "weights", "provenance", "data_manifests",
 }  # fmt: skip
 
 
@@ -355,6 +360,35 @@ def test_sixteen_class_runs_report_miou16_and_miou13(data_root: Path, tmp_path: 
     assert best["best_score"] == pytest.approx(read_jsonl(tmp_path / "val_log.jsonl")[-1]["mIoU13"])
 
 
+def test_metrics_record_where_they_were_made(
+    data_root: Path, source_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+):
+    run_dir = source_checkpoint.parent.parent
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    evaluate_command([f"run_dir={run_dir}", "protocol=strict", "train.device=cpu"])
+    metrics = json.loads((run_dir / "eval/strict/metrics.json").read_text())
+    recorded = metrics["provenance"]
+    assert set(recorded) == set(hqtd.provenance.KEYS)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(hqtd.__file__).parent).stdout.strip()  # fmt: skip
+    assert recorded["git_revision"] == metrics["git_revision"] == head
+    assert recorded["git_dirty"] in (True, False)
+    assert recorded["torch_version"] == torch.__version__
+    assert recorded["threads"] == 1  # train.threads=1 of the run's config
+    assert recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert recorded["device"] and recorded["determinism"] == "default"
+    assert (recorded["MKL_CBWR"], recorded["ONEDNN_MAX_CPU_ISA"]) == ("COMPATIBLE", "")
+    manifests = {
+        str(data_root / "prepared" / name / "manifest.json")
+        for name in ("mini_gta5", "mini_cityscapes")
+    }
+    assert set(metrics["data_manifests"]) == manifests
+    for path, digest in metrics["data_manifests"].items():
+        assert digest == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    assert len(recorded["data"]) == 64
+
+
 def test_oracle_trains_on_target_labels(data_root: Path, tmp_path: Path):
     args = ["method=oracle", "train.source_only_iterations=2", "train.eval_every=2"]
     train(load_config(run_args(data_root, tmp_path, *args)))
@@ -398,6 +432,153 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(
         train(load_config(run_args(data_root, tmp_path, *args)))
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["iteration"] == 2
     assert not (tmp_path / "done").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume only the same computation (config, code, data, initial weights)
+
+SHORT_SOURCE_ONLY = ("method=source_only", "train.source_only_iterations=4",
+                     "train.checkpoint_every=2", "train.eval_every=2")  # fmt: skip
+
+
+def counted_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the supervised steps the loop takes (a resume at 2 of 4 takes 2, a restart 4)."""
+    calls: list[int] = []
+
+    def step(model: nn.Module, batch: dict, aux_weight: float) -> StepResult:
+        calls.append(1)
+        return hqtd.adapt.step.supervised_step(model, batch, aux_weight)
+
+    monkeypatch.setattr(hqtd.train, "supervised_step", step)
+    return calls
+
+
+def interrupted_run(data_root: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short source-only run killed right after its checkpoint at iteration 2 of 4."""
+    save = hqtd.train.save_checkpoint
+
+    def save_then_die(path: Path, state: dict) -> None:
+        save(path, state)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(hqtd.train, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config(run_args(data_root, run_dir, *SHORT_SOURCE_ONLY)))
+    monkeypatch.setattr(hqtd.train, "save_checkpoint", save)
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 2
+
+
+def other_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if a file that hqtd.train imports had been edited (its fingerprint changes)."""
+    monkeypatch.setattr(hqtd.provenance, "code_fingerprint", lambda entry: "edited " + entry)
+
+
+def test_same_computation_resumes(data_root: Path, tmp_path: Path, monkeypatch, capsys):
+    interrupted_run(data_root, tmp_path, monkeypatch)
+    recorded = json.loads((tmp_path / "provenance.json").read_text())
+    assert recorded["code"] == hqtd.codedeps.code_fingerprint("hqtd.train")
+    manifest = data_root / "prepared" / "mini_cityscapes" / "manifest.json"
+    assert recorded["data"][str(manifest)] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    steps = counted_steps(monkeypatch)
+    args = run_args(data_root, tmp_path, *SHORT_SOURCE_ONLY, "train.num_workers=0")
+    train(load_config(args))
+    assert len(steps) == 2  # iterations 3 and 4 only
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "train_log.jsonl")] == [1, 2, 3, 4]
+    train(load_config(args))
+    assert "run complete, nothing to do" in capsys.readouterr().out
+    assert len(steps) == 2
+
+
+def test_changed_code_data_or_config_is_refused_in_one_line(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)  # prepared images point into raw/
+    run_dir = tmp_path / "run"
+    interrupted_run(data, run_dir, monkeypatch)
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    args = ["train", *run_args(data, run_dir, *SHORT_SOURCE_ONLY)]
+    with monkeypatch.context() as patch:
+        other_code(patch)
+        err = cli_error(capsys, args)
+    assert "unfinished run of other code;" in err and "train.on_change=restart" in err
+    manifest = data / "prepared" / "mini_gta5" / "manifest.json"
+    manifest.write_text(manifest.read_text() + "\n")  # other bytes, other hash
+    err = cli_error(capsys, [*args, "seed=3"])
+    assert f"other seed, data {manifest};" in err
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before  # nothing touched
+
+
+def test_restart_trains_again_from_scratch(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    interrupted_run(data_root, tmp_path, monkeypatch)
+    other_code(monkeypatch)
+    steps = counted_steps(monkeypatch)
+    train(load_config(run_args(data_root, tmp_path, *SHORT_SOURCE_ONLY, "train.on_change=restart")))
+    assert "other code; training again from scratch" in capsys.readouterr().out
+    assert len(steps) == 4
+    recorded = json.loads((tmp_path / "provenance.json").read_text())
+    assert recorded["code"] == "edited hqtd.train"
+
+
+def test_finished_run_under_new_code_is_not_left_as_done(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    """What `dvc repro` does after an edit of hqtd/train.py: it deletes `done` and runs the
+    stage's command (with restart); by hand, without restart, the finished run is refused."""
+    args = run_args(data_root, tmp_path, *SHORT_SOURCE_ONLY)
+    train(load_config(args))
+    other_code(monkeypatch)
+    err = cli_error(capsys, ["train", *args])
+    assert "holds a finished run of other code" in err
+    (tmp_path / "done").unlink()
+    steps = counted_steps(monkeypatch)
+    train(load_config([*args, "train.on_change=restart"]))
+    assert len(steps) == 4 and (tmp_path / "done").exists()
+
+
+def test_run_without_recorded_provenance_is_unknown(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    """A run directory from before hqtd recorded provenance.json (the committed results)."""
+    args = run_args(data_root, tmp_path, *SHORT_SOURCE_ONLY)
+    train(load_config(args))
+    (tmp_path / "provenance.json").unlink()
+    assert "code and data unknown (no provenance.json)" in cli_error(capsys, ["train", *args])
+    steps = counted_steps(monkeypatch)
+    train(load_config([*args, "train.on_change=restart"]))
+    assert len(steps) == 4 and (tmp_path / "provenance.json").exists()
+
+
+@pytest.mark.slow
+def test_edited_training_code_in_a_copy_of_the_package_is_trained_again(
+    data_root: Path, tmp_path: Path
+):
+    """End to end, with a real edit: a copy of the package whose poly schedule is halved."""
+    copy = tmp_path / "repo"
+    shutil.copytree(
+        Path(hqtd.__file__).parent, copy / "hqtd", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(Path(hqtd.config.PARAMS_DIR), copy / "params")
+    run_dir = tmp_path / "run"
+    args = ["train", *run_args(data_root, run_dir, *SHORT_SOURCE_ONLY, "train.on_change=restart")]
+    env = {**quiet_env(), "PYTHONPATH": str(copy)}
+    subprocess.run(hqtd_command(*args), env=env, check=True, capture_output=True, cwd=tmp_path)
+    first = [r["lr"] for r in read_jsonl(run_dir / "train_log.jsonl")]
+    train_py = copy / "hqtd" / "train.py"
+    schedule = "return base_lr * (1.0 - iteration / total) ** power"
+    assert schedule in train_py.read_text()
+    train_py.write_text(train_py.read_text().replace(schedule, schedule + " * 0.5"))
+    (run_dir / "done").unlink()  # what a DAG does before rerunning the job
+    done = subprocess.run(
+        hqtd_command(*args), env=env, check=True, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert "training again from scratch" in done.stdout
+    assert [r["lr"] for r in read_jsonl(run_dir / "train_log.jsonl")] == pytest.approx(
+        [lr * 0.5 for lr in first]
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -127,6 +127,11 @@ def check_label_header(dataset: str, header: PngHeader, path: Path) -> None:
         )
 
 
+def label_table(dataset: str) -> np.ndarray:
+    """The lookup table from a dataset's raw label ids to trainIds (see :func:`decode_label`)."""
+    return SYNTHIA_LUT if dataset == "synthia" else CITYSCAPES_LUT
+
+
 def decode_label(dataset: str, path: Path) -> np.ndarray:
     """Read a raw label file and map its ids to trainIds in one lookup-table pass.
 
@@ -143,9 +148,9 @@ def decode_label(dataset: str, path: Path) -> np.ndarray:
             raise HqtdError(f"{path}: cannot decode PNG")
         if raw.dtype != np.uint16 or raw.ndim != 3 or raw.shape[2] < 3:
             raise HqtdError(f"{path}: expected a 16-bit 3-channel SYNTHIA label PNG")
-        return apply_lut(SYNTHIA_LUT, raw[:, :, 2])
+        return apply_lut(label_table(dataset), raw[:, :, 2])
     ids = read_label_png(path)
-    return apply_lut(CITYSCAPES_LUT, ids)
+    return apply_lut(label_table(dataset), ids)
 
 
 def read_label_png(path: Path) -> np.ndarray:

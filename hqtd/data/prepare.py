@@ -10,9 +10,17 @@ Two passes over the samples, both in parallel worker processes:
 
 Outputs go to ``OUT`` only (``OUT/labels/<split>/<id>.png``, ``OUT/images/<split>/<id>.png`` when
 resized, ``OUT/manifest.json``); the raw folder is only read. Every file is written atomically,
-and the manifest last, so a killed run leaves complete files or none. A second run reuses every
-output that is newer than its source and has the expected size, and leaves an unchanged
-manifest untouched.
+and the manifest last, so a killed run leaves complete files or none.
+
+Freshness is decided by content, not by file times: every output PNG carries a text chunk
+(:data:`SOURCE_KEY`) recording what it was made from — the prepared format version, the raw
+file's size and SHA-256, the resize and, for labels, the SHA-256 of the dataset's lookup table
+(:func:`~hqtd.data.formats.label_table`). A second run reuses an output whose record equals the
+current one, so an edited mapping or a replaced raw file (even one copied in with ``cp -p``,
+which keeps the old mtime) is converted again; an unchanged manifest is left untouched. The
+manifest lists each sample's source hashes and the table's hash, so its own hash (which
+``hqtd train`` records) changes with them. Hashing reads every raw file that is converted (the
+labels, and the images with ``--resize``) once per run.
 
 Label/image size mismatches (a few GTA5 samples): without ``--resize`` they are an error listing
 the files; with ``--resize`` both are resized to WxH independently (which is what the authors'
@@ -21,6 +29,7 @@ loaders do to every sample) and the ids are recorded under ``size_mismatch`` in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -33,6 +42,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from hqtd.data.formats import (
@@ -40,6 +50,7 @@ from hqtd.data.formats import (
     check_image_header,
     check_label_header,
     decode_label,
+    label_table,
     list_samples,
     raise_problems,
     read_image,
@@ -50,10 +61,14 @@ from hqtd.data.formats import (
 )
 from hqtd.data.labels import CLASS_NAMES
 from hqtd.errors import HqtdError
-from hqtd.io import atomic_path, write_json
+from hqtd.io import atomic_path, file_sha256, write_json
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "hqtd-prepared-v1"
+#: Version of the prepared form; part of every output's record, so changing how outputs are
+#: made (a new value here) converts everything again.
+MANIFEST_FORMAT = "hqtd-prepared-v2"
+#: PNG text chunk key of an output's freshness record.
+SOURCE_KEY = "hqtd-source"
 
 _Result = TypeVar("_Result")
 
@@ -80,6 +95,7 @@ class _Checked:
 class _Converted:
     class_pixels: list[int]
     wrote: bool  # False when every output was already up to date
+    sources: dict[str, str]  # "label" (and "image" when resized) -> SHA-256 of the raw file
 
 
 def prepare(
@@ -215,36 +231,69 @@ def _check(job: _Job) -> _Checked:
 def _convert(job: _Job) -> _Converted:
     """Pass 2: write the trainId label (and resized image) unless up to date; count classes."""
     label_size = job.resize or read_png_header(job.sample.label).size
+    label_record = source_record(job.sample.label, job.resize, table_sha256(job.dataset))
+    sources = {"label": label_record["source_sha256"]}
     wrote = False
-    if _is_fresh(job.label_out, job.sample.label, label_size):
+    if _is_fresh(job.label_out, label_record, label_size):
         label = read_label_png(job.label_out)
     else:
         label = decode_label(job.dataset, job.sample.label)
         if job.resize:
             label = resize_label(label, job.resize)
-        _save_png(Image.fromarray(label), job.label_out)
+        _save_png(Image.fromarray(label), job.label_out, label_record)
         wrote = True
-    if job.image_out is not None and not _is_fresh(job.image_out, job.sample.image, job.resize):
-        _save_png(resize_image(read_image(job.sample.image), job.resize), job.image_out)
-        wrote = True
+    if job.image_out is not None:
+        image_record = source_record(job.sample.image, job.resize)
+        sources["image"] = image_record["source_sha256"]
+        if not _is_fresh(job.image_out, image_record, job.resize):
+            image = resize_image(read_image(job.sample.image), job.resize)
+            _save_png(image, job.image_out, image_record)
+            wrote = True
     pixels = np.bincount(label.ravel(), minlength=256)[: len(CLASS_NAMES)]
-    return _Converted(pixels.tolist(), wrote)
+    return _Converted(pixels.tolist(), wrote, sources)
 
 
-def _is_fresh(output: Path, source: Path, size: tuple[int, int]) -> bool:
-    """True if ``output`` exists, is not older than ``source`` and has the expected size."""
+def table_sha256(dataset: str) -> str:
+    """SHA-256 of the lookup table that maps ``dataset``'s raw label ids to trainIds."""
+    return hashlib.sha256(label_table(dataset).tobytes()).hexdigest()
+
+
+def source_record(
+    source: Path, resize: tuple[int, int] | None, table: str | None = None
+) -> dict[str, Any]:
+    """What an output made from ``source`` depends on (its freshness record): the prepared format,
+    the raw file's size and SHA-256, the resize and, for a label, the lookup table's hash."""
+    record = {
+        "format": MANIFEST_FORMAT,
+        "source_bytes": source.stat().st_size,
+        "source_sha256": file_sha256(source),
+        "resize": list(resize) if resize else None,
+    }
+    return record if table is None else record | {"label_table_sha256": table}
+
+
+def _record_text(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True)
+
+
+def _is_fresh(output: Path, record: dict[str, Any], size: tuple[int, int]) -> bool:
+    """True if ``output`` is a complete PNG of the expected size made from what ``record`` says."""
     try:
-        if output.stat().st_mtime_ns < source.stat().st_mtime_ns:
-            return False
+        with Image.open(output) as image:  # text chunks before the pixels: read without decoding
+            if image.info.get(SOURCE_KEY) != _record_text(record):
+                return False
         return read_png_header(output).size == tuple(size)
-    except (OSError, HqtdError):
+    except (OSError, SyntaxError, ValueError, HqtdError):
         return False
 
 
-def _save_png(image: Image.Image, path: Path) -> None:
+def _save_png(image: Image.Image, path: Path, record: dict[str, Any]) -> None:
+    """Write ``image`` atomically with its freshness record as a PNG text chunk."""
+    info = PngInfo()
+    info.add_text(SOURCE_KEY, _record_text(record))
     # Low compression: several times faster to write, labels stay small anyway.
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", compress_level=1)
+        image.save(tmp, format="PNG", compress_level=1, pnginfo=info)
 
 
 def _catch(fn: Callable[[_Job], _Result], job: _Job) -> _Result | str:
@@ -277,7 +326,8 @@ def _manifest(
     converted: Iterable[_Converted],
     mismatched: list[_Job],
 ) -> dict[str, Any]:
-    """The manifest of INTERFACES.md; paths relative to ``out``, sizes as ``WxH`` strings."""
+    """The manifest of INTERFACES.md; paths relative to ``out``, sizes as ``WxH`` strings; each
+    entry's ``sources`` holds the SHA-256 of its raw label (and image, when resized)."""
 
     def relative(path: Path) -> str:
         return Path(os.path.relpath(path.absolute(), out.absolute())).as_posix()
@@ -287,7 +337,12 @@ def _manifest(
     image_sizes: dict[str, Counter[str]] = {}
     for job, check, result in zip(jobs, checked, converted, strict=True):
         image = job.image_out or job.sample.image
-        entry = {"id": job.sample.id, "image": relative(image), "label": relative(job.label_out)}
+        entry = {
+            "id": job.sample.id,
+            "image": relative(image),
+            "label": relative(job.label_out),
+            "sources": result.sources,
+        }
         splits.setdefault(job.split, []).append(entry)
         class_pixels[job.split] = class_pixels.get(job.split, 0) + np.array(result.class_pixels)
         image_sizes.setdefault(job.split, Counter())[_wxh(check.image_size)] += 1
@@ -295,6 +350,7 @@ def _manifest(
         "format": MANIFEST_FORMAT,
         "dataset": dataset,
         "resize": list(resize) if resize else None,
+        "label_table_sha256": table_sha256(dataset),
         "splits": splits,
         "counts": {split: len(entries) for split, entries in splits.items()},
         "class_pixels": {split: counts.tolist() for split, counts in class_pixels.items()},

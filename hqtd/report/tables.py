@@ -8,7 +8,9 @@ values; the number of seeds is stated in the caption, and cells built from fewer
 the rest carry their own ``(n=K)``.
 
 Output, byte-stable (no timestamps, fixed formats), in ``out``:
-- ``runs.csv``: tidy, one row per run x protocol x class (and one per headline mean);
+- ``runs.csv``: tidy, one row per run x protocol x class (and one per headline mean), each
+  with the evaluation's provenance (:data:`hqtd.provenance.KEYS`; empty where an older
+  ``metrics.json`` has none);
 - ``perclass_<benchmark>_<protocol>``, ``ablation_<protocol>`` and ``summary`` tables, each as
   ``.md`` (tabulate pipe), ``.tex`` (booktabs), ``.csv`` (means and stds) and ``.html`` (for the
   Snakemake report). Rows follow the grid's order; the best mean of each column is bold (the oracle
@@ -35,6 +37,7 @@ from hqtd.errors import HqtdError
 from hqtd.grid import grid_names, load_grid, protocols
 from hqtd.io import write_text
 from hqtd.metrics import iou_per_class, summary
+from hqtd.provenance import KEYS as PROVENANCE_KEYS
 
 #: Cityscapes val mIoUs the paper reports (METHOD.md §7, DeepLab-V2 R101, the paper's protocol).
 REPORTED: dict[str, dict[str, dict[str, float]]] = {
@@ -75,6 +78,7 @@ class RunScores:
     class_names: tuple[str, ...]
     iou: tuple[float, ...]  # NaN where the class is absent from ground truth and prediction
     means: dict[str, float]  # mIoU19, or mIoU16 and mIoU13
+    provenance: dict[str, str]  # PROVENANCE_KEYS -> value as text, "" where not recorded
 
 
 def headline_metrics(num_classes: int) -> tuple[str, ...]:
@@ -106,6 +110,7 @@ def read_run(metrics_path: Path) -> RunScores:
             f"{conf_path}: shape {conf.shape} does not match the {len(names)} class names"
         )
     means = summary(conf)
+    recorded = meta.get("provenance") or {"git_revision": meta.get("git_revision")}
     return RunScores(
         benchmark=fields[0],
         method=fields[1],
@@ -116,7 +121,13 @@ def read_run(metrics_path: Path) -> RunScores:
         class_names=names,
         iou=tuple(float(v) * 100.0 for v in iou_per_class(conf)),
         means={key: means[key] * 100.0 for key in headline_metrics(len(names))},
+        provenance={key: _text(recorded.get(key)) for key in PROVENANCE_KEYS},
     )
+
+
+def _text(value: object) -> str:
+    """A provenance value as one CSV field ("" when missing)."""
+    return "" if value is None else str(value)
 
 
 def _order(values: Iterable[str], preferred: Iterable[str]) -> list[str]:
@@ -174,7 +185,8 @@ def collect(runs: Path, grid: str | None = None) -> list[RunScores]:
 
 
 def tidy_frame(scores: list[RunScores]) -> pd.DataFrame:
-    """``runs.csv``: one row per run x protocol x class, then one per headline mean."""
+    """``runs.csv``: one row per run x protocol x class, then one per headline mean; the run's
+    provenance columns after ``iou``."""
     rows = []
     for s in scores:
         keys = {
@@ -186,8 +198,11 @@ def tidy_frame(scores: list[RunScores]) -> pd.DataFrame:
             "iteration": s.iteration,
         }
         for name, value in zip(s.class_names, s.iou, strict=True):
-            rows.append({**keys, "metric": name, "iou": value})
-        rows.extend({**keys, "metric": name, "iou": value} for name, value in s.means.items())
+            rows.append({**keys, "metric": name, "iou": value, **s.provenance})
+        rows.extend(
+            {**keys, "metric": name, "iou": value, **s.provenance}
+            for name, value in s.means.items()
+        )
     frame = pd.DataFrame(rows)
     frame["iteration"] = frame["iteration"].astype("Int64")
     return frame
