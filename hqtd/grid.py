@@ -274,7 +274,7 @@ def default_grid_name(path: Path = GRID_FILE) -> str:
     """The grid ``default`` names (the one ``dvc.yaml`` and a bare ``snakemake`` run)."""
     data = _read_grids(path)
     name = data.get("default")
-    if name not in data["grids"]:
+    if not isinstance(name, str) or name not in data["grids"]:  # e.g. an old `default: *demo`
         raise HqtdError(f"{path}: 'default' must name one of the grids: {', '.join(data['grids'])}")
     return name
 

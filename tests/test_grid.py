@@ -197,6 +197,9 @@ def test_default_must_name_a_grid(tmp_path):
     with pytest.raises(HqtdError, match="'default' must name one of the grids: demo, mini, paper"):
         load_grid(None, path)
     assert load_grid(None, _variant(tmp_path, lambda d: d.update(default="mini"))).name == "mini"
+    aliased = _variant(tmp_path, lambda d: d.update(default=d["grids"]["demo"]))  # old `*demo`
+    with pytest.raises(HqtdError, match="'default' must name one of the grids"):
+        load_grid(None, aliased)
     # Naming the grid explicitly does not consult `default`.
     assert load_grid("mini", path).name == "mini"
 
