@@ -76,6 +76,12 @@ def _cmd_figures(args: argparse.Namespace) -> None:
     write_figures(args.runs or grid.runs_dir, args.out or grid.figures_dir, grid=grid.name)
 
 
+def _cmd_dvc_yaml(args: argparse.Namespace) -> None:
+    from hqtd.dvcfile import write_dvc_yaml
+
+    write_dvc_yaml(args.out, grid=args.grid, check=args.check)
+
+
 def _cmd_compare(args: argparse.Namespace) -> None:
     from hqtd.report.compare import compare
 
@@ -138,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--runs", type=Path, default=None, help="default: results/runs/<grid>")
     figures.add_argument("--out", type=Path, default=None, help="default: results/figures/<grid>")
     figures.set_defaults(func=_cmd_figures)
+
+    dvc_yaml = commands.add_parser(
+        "dvc-yaml", help="write dvc.yaml from params/grid.yaml (after editing grids or imports)"
+    )
+    dvc_yaml.add_argument("--grid", default=None, help=grid_help)
+    dvc_yaml.add_argument("--out", type=Path, default=None, help="default: dvc.yaml of the repo")
+    dvc_yaml.add_argument(
+        "--check", action="store_true", help="write nothing; fail unless the file is up to date"
+    )
+    dvc_yaml.set_defaults(func=_cmd_dvc_yaml)
 
     compare = commands.add_parser("compare", help="per-class IoU deltas between two git revisions")
     compare.add_argument("rev_a")

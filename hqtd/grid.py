@@ -5,12 +5,14 @@ seeds. :func:`runs` expands one grid into :class:`Run` objects, and each run kno
 its datasets and, for an adaptation method, the source-only run it starts from. Every grid keeps its
 results apart (``results/{runs,tables,figures}/<grid>``): grids train the same benchmark, method
 and seed with different settings (demo shortens the schedules of mini). The benchmark and
-method files under ``params/`` are the source of truth for datasets and training stages; the copies
-that ``grid.yaml`` spells out for ``dvc.yaml`` are checked against them here.
+method files under ``params/`` are the source of truth for datasets, training stages and the
+source method each adaptation starts from: a grid's target, datasets and source-only runs are
+derived from them here, never spelled out (``hqtd dvc-yaml`` writes ``dvc.yaml`` from this module).
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, replace
 from functools import cache
@@ -18,8 +20,8 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from hqtd.cli import DATASETS
-from hqtd.config import PARAMS_DIR
+from hqtd.cli import DATASETS  # not hqtd.data.formats: that imports torch (slow for Snakemake)
+from hqtd.config import PARAMS_DIR, MethodConfig
 from hqtd.errors import HqtdError
 
 GRID_FILE = PARAMS_DIR / "grid.yaml"
@@ -30,6 +32,8 @@ FIGURES_DIR = Path("results/figures")
 SUPERVISED_STAGES = ("source_only", "oracle")
 #: Prefix of the embedded mini datasets, which ``hqtd synth`` writes.
 MINI_PREFIX = "mini_"
+#: Hydra's header of a group file that writes global keys (``method:``, ``model:``, ...).
+GLOBAL_PACKAGE = re.compile(r"^#\s*@package\s+_global_\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -62,13 +66,36 @@ def benchmark(name: str) -> Benchmark:
 
 
 @cache
+def _method_fields(name: str) -> dict:
+    """The ``method`` section of ``params/method/<name>.yaml``: the whole file, or its ``method:``
+    key when the file is ``# @package _global_`` (it sets other groups too, e.g. ``model``)."""
+    data = _params_file("method", name) or {}
+    text = (PARAMS_DIR / "method" / f"{name}.yaml").read_text()
+    return data.get("method", {}) if GLOBAL_PACKAGE.search(text) else data
+
+
 def method_stage(name: str) -> str:
     """The training stage (``source_only``, ``oracle``, ``adapt``) of ``params/method/<name>.yaml``.
 
     Raises:
         HqtdError: no such method file.
     """
-    return str(_params_file("method", name).get("stage", "adapt"))
+    return str(_method_fields(name).get("stage", MethodConfig.stage.value))
+
+
+def source_method(name: str) -> str:
+    """The supervised method an adaptation method starts from (``method.source_method``).
+
+    Raises:
+        HqtdError: no such method file, or a source method that is not a supervised method.
+    """
+    source = str(_method_fields(name).get("source_method", MethodConfig.source_method))
+    if method_stage(source) not in SUPERVISED_STAGES:
+        raise HqtdError(
+            f"method {name!r}: source_method {source!r} has stage {method_stage(source)}, "
+            f"expected one of {', '.join(SUPERVISED_STAGES)}"
+        )
+    return source
 
 
 def _params_file(group: str, name: str) -> dict:
@@ -118,8 +145,11 @@ class Run:
 
     @property
     def source_run(self) -> Run | None:
-        """The source-only run (same grid, benchmark and seed) an adaptation run starts from."""
-        return Run(self.grid, self.benchmark, "source_only", self.seed) if self.adapts else None
+        """The run of the method's ``source_method`` (same grid, benchmark and seed) that an
+        adaptation run starts from; None for supervised methods."""
+        if not self.adapts:
+            return None
+        return Run(self.grid, self.benchmark, source_method(self.method), self.seed)
 
     @property
     def init_checkpoint(self) -> Path | None:
@@ -158,15 +188,36 @@ class Grid:
     adapted: tuple[str, ...]
     seeds: tuple[int, ...]
     overrides: tuple[str, ...]
-    target: str
-    datasets: dict[str, str]  # dataset -> hqtd prepare format
     prepare_args: dict[str, tuple[str, ...]]  # dataset -> extra hqtd prepare options
-    synth: tuple[str, ...]
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The source methods the adapted methods start from that ``supervised`` does not list
+        (e.g. ``source_only_official`` for ``official``), in order of first use."""
+        needed = (source_method(method) for method in self.adapted)
+        return tuple(m for m in dict.fromkeys(needed) if m not in self.supervised)
 
     @property
     def methods(self) -> tuple[str, ...]:
-        """Every method of the grid in table order: supervised first, then adapted."""
-        return self.supervised + self.adapted
+        """Every method of the grid in table order: supervised, the source methods the adapted
+        ones need besides those, then adapted."""
+        return self.supervised + self.sources + self.adapted
+
+    @property
+    def target(self) -> str:
+        """The target dataset that the grid's benchmarks share."""
+        return benchmark(self.benchmarks[0]).target
+
+    @property
+    def datasets(self) -> dict[str, str]:
+        """Every prepared dataset the grid uses (sources, then the target) -> its prepare format."""
+        used = [benchmark(name).source for name in self.benchmarks] + [self.target]
+        return {dataset: dataset_format(dataset) for dataset in dict.fromkeys(used)}
+
+    @property
+    def synthesized(self) -> bool:
+        """True when the grid's raw data is the embedded mini benchmark (``hqtd synth``)."""
+        return any(dataset.startswith(MINI_PREFIX) for dataset in self.datasets)
 
     @property
     def runs_dir(self) -> Path:
@@ -225,22 +276,25 @@ def grid_names(path: Path = GRID_FILE) -> list[str]:
 
 
 def default_grid_name(path: Path = GRID_FILE) -> str:
-    """The grid ``default`` aliases (the one ``dvc repro`` and a bare ``snakemake`` run)."""
+    """The grid ``default`` names (the one ``dvc.yaml`` and a bare ``snakemake`` run)."""
     data = _read_grids(path)
-    default = data.get("default")
-    name = default.get("name") if isinstance(default, dict) else None
-    if name not in data["grids"] or data["grids"][name] != default:
-        raise HqtdError(f"{path}: 'default' must be an alias of one grid, e.g. 'default: *demo'")
+    name = data.get("default")
+    if not isinstance(name, str) or name not in data["grids"]:  # e.g. an old `default: *demo`
+        raise HqtdError(f"{path}: 'default' must name one of the grids: {', '.join(data['grids'])}")
     return name
+
+
+#: Keys of a grid: all required but ``prepare``.
+GRID_KEYS = ("benchmarks", "supervised", "adapted", "seeds", "overrides", "prepare")
 
 
 def load_grid(name: str | None = None, path: Path = GRID_FILE) -> Grid:
     """Read and check one grid (the default grid when ``name`` is None).
 
     Raises:
-        HqtdError: an unknown grid name, a missing key, an unknown benchmark or method, a method
-            listed under the wrong kind, or ``target``/``datasets``/``synth`` that disagree with
-            the benchmark files.
+        HqtdError: an unknown grid name, a missing or unknown key, an unknown benchmark or
+            method, a method listed under the wrong kind, benchmarks with different targets, or
+            ``prepare`` options for a dataset the grid does not use.
     """
     grids = _read_grids(path)["grids"]
     name = default_grid_name(path) if name is None else name
@@ -248,15 +302,16 @@ def load_grid(name: str | None = None, path: Path = GRID_FILE) -> Grid:
         raise HqtdError(f"{path}: unknown grid {name!r}; available: {', '.join(grids)}")
     spec = grids[name]
     where = f"{path}: grid {name!r}"
-    keys = ("benchmarks", "supervised", "adapted", "methods", "seeds", "overrides", "target",
-            "datasets", "synth")  # fmt: skip
-    missing = [key for key in keys if key not in spec]
-    if missing:
-        raise HqtdError(f"{where}: missing key(s) {', '.join(missing)}")
-    if not all(
-        isinstance(entry, dict) and "format" in entry for entry in spec["datasets"].values()
-    ):
-        raise HqtdError(f"{where}: each of datasets must be {{format: FORMAT, args: OPTIONS}}")
+    missing = [key for key in GRID_KEYS[:-1] if key not in spec]
+    unknown = [key for key in spec if key not in GRID_KEYS]
+    if missing or unknown:
+        raise HqtdError(
+            f"{where}: expected the keys {', '.join(GRID_KEYS)} (prepare optional); "
+            f"missing: {', '.join(missing) or '-'}, unknown: {', '.join(unknown) or '-'}"
+        )
+    prepare = spec.get("prepare") or {}
+    if not isinstance(prepare, dict):
+        raise HqtdError(f"{where}: prepare must map a dataset to its hqtd prepare options")
     grid = Grid(
         name=name,
         benchmarks=tuple(spec["benchmarks"]),
@@ -264,18 +319,11 @@ def load_grid(name: str | None = None, path: Path = GRID_FILE) -> Grid:
         adapted=tuple(spec["adapted"]),
         seeds=tuple(int(seed) for seed in spec["seeds"]),
         overrides=tuple(shlex.split(spec["overrides"] or "")),
-        target=spec["target"],
-        datasets={dataset: entry["format"] for dataset, entry in spec["datasets"].items()},
-        prepare_args={
-            dataset: tuple(shlex.split(entry.get("args") or ""))
-            for dataset, entry in spec["datasets"].items()
-        },
-        synth=tuple(spec["synth"]),
+        prepare_args={str(k): tuple(shlex.split(v or "")) for k, v in prepare.items()},
     )
     _check(grid, where)
-    if list(spec["methods"]) != list(grid.methods):
-        raise HqtdError(f"{where}: methods must be supervised + adapted: {list(grid.methods)}")
-    return grid
+    every = {dataset: grid.prepare_args.get(dataset, ()) for dataset in grid.datasets}
+    return replace(grid, prepare_args=every)
 
 
 def _check(grid: Grid, where: str) -> None:
@@ -289,28 +337,18 @@ def _check(grid: Grid, where: str) -> None:
                     f"{where}: method {method!r} (stage {method_stage(method)}) "
                     f"does not belong under {kind}"
                 )
-    if grid.adapted and "source_only" not in grid.supervised:
-        raise HqtdError(f"{where}: adapted methods start from source_only, add it to supervised")
-    infos = [benchmark(name) for name in grid.benchmarks]
-    for info in infos:  # dvc.yaml names a run's source data after its benchmark
-        if info.source != info.name:
-            raise HqtdError(
-                f"{where}: benchmark {info.name!r} must read data/prepared/{info.name} "
-                f"as its source, not {info.source}"
-            )
-    targets = {info.target for info in infos}
-    if targets != {grid.target}:
+    targets = {benchmark(name).target for name in grid.benchmarks}
+    if len(targets) > 1:
         raise HqtdError(
-            f"{where}: target must be the benchmarks' target dataset, "
+            f"{where}: the benchmarks must share their target dataset, "
             f"found {', '.join(sorted(targets))}"
         )
-    used = {info.source for info in infos} | targets
-    expected = {dataset: dataset_format(dataset) for dataset in sorted(used)}
-    if grid.datasets != expected:
-        raise HqtdError(f"{where}: datasets and formats must be {expected}, got {grid.datasets}")
-    synthesized = any(dataset.startswith(MINI_PREFIX) for dataset in used)
-    if list(grid.synth) != (["mini"] if synthesized else []):
-        raise HqtdError(f"{where}: synth must be {'[mini]' if synthesized else '[]'}")
+    extra = sorted(set(grid.prepare_args) - set(grid.datasets))
+    if extra:
+        raise HqtdError(
+            f"{where}: prepare names dataset(s) {', '.join(extra)} that the grid does not use "
+            f"({', '.join(grid.datasets)})"
+        )
 
 
 def protocols(path: Path = GRID_FILE) -> list[str]:

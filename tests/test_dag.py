@@ -39,7 +39,7 @@ def expected_commands(grid: Grid | None = None, data_root: str = "data") -> set[
         f"hqtd tables --out results/tables/{grid.name} --grid {grid.name}",
         f"hqtd figures --out results/figures/{grid.name} --grid {grid.name}",
     }
-    if grid.synth:
+    if grid.synthesized:
         commands.add(f"hqtd synth --out {data_root}/raw")
     for dataset, fmt in grid.datasets.items():
         raw, prepared = f"{data_root}/raw/{dataset}", f"{data_root}/prepared/{dataset}"

@@ -1,10 +1,13 @@
 """The experiment grid of params/grid.yaml: enumeration, run directories, consistency checks."""
 
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+import hqtd.grid as grid_module
+from hqtd.config import PARAMS_DIR, load_config
 from hqtd.errors import HqtdError
 from hqtd.grid import (
     GRID_FILE,
@@ -14,10 +17,11 @@ from hqtd.grid import (
     load_grid,
     protocols,
     runs,
+    source_method,
 )
 
-ALL_VARIANTS = ["source_only", "oracle", "baseline", "t2s", "pixel", "proto", "full",
-                "full_edge", "official"]  # fmt: skip
+ALL_VARIANTS = ["source_only", "oracle", "source_only_official", "baseline", "t2s", "pixel",
+                "proto", "full", "full_edge", "official"]  # fmt: skip
 
 
 def test_default_grid_is_demo_with_eight_runs_in_grid_order():
@@ -33,14 +37,24 @@ def test_default_grid_is_demo_with_eight_runs_in_grid_order():
 
 
 def test_mini_and_paper_grids_cover_the_variants():
+    """The grids list neither source_only_official nor their datasets: official's method file
+    names its source method, the benchmark files their datasets."""
     mini = load_grid("mini")
     assert list(mini.methods) == ALL_VARIANTS
-    assert len(runs("mini")) == 2 * 9 * 3
+    assert len(runs("mini")) == 2 * 10 * 3
     paper = load_grid("paper")
     assert list(paper.methods) == [v for v in ALL_VARIANTS if v != "oracle"]
     assert set(paper.benchmarks) == {"gta5", "synthia"}
-    assert len(runs("paper")) == 2 * 8 * 3
+    assert len(runs("paper")) == 2 * 9 * 3
     assert grid_names() == ["demo", "mini", "paper"]
+    assert paper.target == "cityscapes" and not paper.synthesized
+    assert paper.datasets == {"gta5": "gta5", "synthia": "synthia", "cityscapes": "cityscapes"}
+    assert mini.target == "mini_cityscapes" and mini.synthesized
+    assert mini.prepare_args == {
+        "mini_gta5": ("--resize", "192x108"),
+        "mini_synthia": ("--resize", "192x108"),
+        "mini_cityscapes": (),
+    }
 
 
 def test_run_dir_datasets_and_source_run():
@@ -56,9 +70,42 @@ def test_run_dir_datasets_and_source_run():
     for supervised in (
         Run("paper", "gta5", "source_only", 0),
         Run("mini", "mini_gta5", "oracle", 1),
+        Run("paper", "gta5", "source_only_official", 0),
     ):
         assert not supervised.adapts
         assert supervised.source_run is None and supervised.init_checkpoint is None
+
+
+def test_official_starts_from_the_source_method_its_file_names():
+    """official (2-branch ASPP) adapts from source_only_official, trained with 2 branches too."""
+    assert source_method("official") == "source_only_official"
+    assert source_method("full") == "source_only"  # the schema's default
+    run = Run("paper", "synthia", "official", 1)
+    assert run.source_run == Run("paper", "synthia", "source_only_official", 1)
+    assert run.train_overrides()[-1] == (
+        "train.init_checkpoint=results/runs/paper/synthia/source_only_official/seed1/"
+        "checkpoints/last.pt"
+    )
+    source = load_config(["method=source_only_official", "benchmark=gta5", "run_dir=x"])
+    adapted = load_config(["method=official", "benchmark=gta5", "run_dir=x"])
+    assert source.method.stage == "source_only"
+    assert source.model == adapted.model  # same architecture: the checkpoint loads as it is
+    assert source.model.aspp_branches == 2 and source.model.align_corners
+    assert source.method.augmentation == adapted.method.augmentation == "authors"
+
+
+def test_a_source_method_must_be_supervised(tmp_path, monkeypatch):
+    params = tmp_path / "params"
+    shutil.copytree(PARAMS_DIR, params)
+    official = params / "method" / "official.yaml"
+    official.write_text(official.read_text().replace("source_only_official", "full"))
+    monkeypatch.setattr(grid_module, "PARAMS_DIR", params)
+    grid_module._method_fields.cache_clear()
+    try:
+        with pytest.raises(HqtdError, match="method 'official': source_method 'full' has stage"):
+            load_grid("paper")
+    finally:
+        grid_module._method_fields.cache_clear()
 
 
 def test_train_overrides_name_the_run_and_end_with_the_grid_overrides():
@@ -129,16 +176,15 @@ def _variant(tmp_path: Path, edit) -> Path:
             lambda d: d["grids"]["demo"].update(adapted=["source_only"]),
             "does not belong under adapted",
         ),
-        (lambda d: d["grids"]["demo"].update(supervised=["oracle"]), "add it to supervised"),
-        (lambda d: d["grids"]["demo"].update(benchmarks=["mini_gta5", "gta5"]), "target must be"),
-        (lambda d: d["grids"]["demo"]["datasets"].pop("mini_synthia"), "datasets and formats"),
-        (lambda d: d["grids"]["demo"]["datasets"].update(mini_gta5="gta5"), "format: FORMAT"),
-        (lambda d: d["grids"]["demo"].update(synth=[]), r"synth must be \[mini\]"),
-        (lambda d: d["grids"]["demo"].pop("seeds"), "missing key"),
+        (lambda d: d["grids"]["demo"].update(supervised=["full"]), "does not belong under"),
         (
-            lambda d: d["grids"]["demo"].update(methods=["full", "source_only"]),
-            r"supervised \+ adapted",
+            lambda d: d["grids"]["demo"].update(benchmarks=["mini_gta5", "gta5"]),
+            "must share their target dataset, found cityscapes, mini_cityscapes",
         ),
+        (lambda d: d["grids"]["demo"]["prepare"].update(gta5="--resize 1x1"), "names dataset"),
+        (lambda d: d["grids"]["demo"].update(prepare=["--resize"]), "prepare must map"),
+        (lambda d: d["grids"]["demo"].pop("seeds"), "missing: seeds, unknown: -"),
+        (lambda d: d["grids"]["demo"].update(target="mini_cityscapes"), "unknown: target"),
         (lambda d: d["grids"]["demo"].update(adapted=["fulll"]), "method 'fulll'.*available"),
         (lambda d: d["grids"]["demo"].update(benchmarks=["mini_cs"]), "benchmark 'mini_cs'"),
     ],
@@ -148,10 +194,14 @@ def test_inconsistent_grid_is_rejected(tmp_path, edit, message):
         load_grid("demo", _variant(tmp_path, edit))
 
 
-def test_default_must_alias_a_grid(tmp_path):
-    path = _variant(tmp_path, lambda d: d.update(default={**d["default"], "seeds": [7]}))
-    with pytest.raises(HqtdError, match="'default' must be an alias of one grid"):
+def test_default_must_name_a_grid(tmp_path):
+    path = _variant(tmp_path, lambda d: d.update(default="tiny"))
+    with pytest.raises(HqtdError, match="'default' must name one of the grids: demo, mini, paper"):
         load_grid(None, path)
+    assert load_grid(None, _variant(tmp_path, lambda d: d.update(default="mini"))).name == "mini"
+    aliased = _variant(tmp_path, lambda d: d.update(default=d["grids"]["demo"]))  # old `*demo`
+    with pytest.raises(HqtdError, match="'default' must name one of the grids"):
+        load_grid(None, aliased)
     # Naming the grid explicitly does not consult `default`.
     assert load_grid("mini", path).name == "mini"
 
@@ -164,9 +214,7 @@ def test_protocols_are_listed_once_for_every_grid(tmp_path):
 
 def test_prepare_args_are_split_per_dataset(tmp_path):
     def edit(data):
-        data["grids"]["paper"]["datasets"]["gta5"]["args"] = (
-            "--split-list ids.txt --resize 1280x720"
-        )
+        data["grids"]["paper"]["prepare"] = {"gta5": "--split-list ids.txt --resize 1280x720"}
 
     paper = load_grid("paper", _variant(tmp_path, edit))
     assert paper.prepare_args["gta5"] == ("--split-list", "ids.txt", "--resize", "1280x720")

@@ -17,12 +17,13 @@ import pytest
 from raw_datasets import KEPT_16, make_cityscapes, make_gta5, make_synthia
 from test_dag import BIN, ROOT, dry_run_jobs, expected_commands, normalise
 
+from hqtd.config import load_config
 from hqtd.data.labels import CLASS_NAMES
 from hqtd.errors import HqtdError
 from hqtd.grid import Grid, load_grid, protocols
 
 #: Every `hqtd train` of the slow test: the mini network at a few pixels, two iterations per stage,
-#: on the CPU (`official`'s 2-branch model starts from the 4-branch source-only checkpoint).
+#: on the CPU (`official` starts from the 2-branch source_only_official checkpoint).
 TINY = (
     "model=mini model.mini_width=8 benchmark.source_size=[32,18] "
     "benchmark.target_size=[32,16] benchmark.crop_size=16 train.iterations=2 "
@@ -70,8 +71,33 @@ def test_dry_run_lists_every_job_of_the_paper_grid(data_root: Path, tmp_path: Pa
     grid = load_grid("paper")
     jobs = dry_run_jobs(workdir(tmp_path), ("grid=paper", f"data_root={data_root}"))
     check_jobs(jobs, grid, data_root)
-    assert len(jobs) == 3 + 2 * 8 * 3 * (1 + 2) + 3  # prepare, train + 2 evaluations, report
+    # prepare; 9 methods (8 listed + source_only_official) x train + 2 evaluations; report
+    assert len(jobs) == 3 + 2 * 9 * 3 * (1 + 2) + 3
     assert not (tmp_path / "results").exists()
+    official_starts_from_the_two_branch_source_run(jobs)
+
+
+def official_starts_from_the_two_branch_source_run(jobs: list[dict[str, str]]) -> None:
+    """Each `official` run loads the last checkpoint of the source_only_official run of its
+    benchmark and seed, which the DAG trains with 2 ASPP branches, as `official` itself."""
+    trains = {
+        job["output"]: normalise(job["shell"]).split() for job in jobs if job["rule"] == "train"
+    }
+    official = {out: words for out, words in trains.items() if "method=official" in words}
+    assert len(official) == 2 * 3
+    for out, words in official.items():
+        source_dir = out.replace("/official/", "/source_only_official/").removesuffix("/done")
+        assert f"train.init_checkpoint={source_dir}/checkpoints/last.pt" in words
+        source = trains[f"{source_dir}/done"]
+        assert "method=source_only_official" in source
+        assert not any(word.startswith("train.init_checkpoint=") for word in source)
+        chosen = [w for w in source if w.startswith(("benchmark=", "method="))]
+        config = load_config([*chosen, "run_dir=x"])
+        assert config.method.stage == "source_only" and config.model.aspp_branches == 2
+        adapted = load_config(
+            [w for w in words if w.startswith(("benchmark=", "method="))] + ["run_dir=x"]
+        )
+        assert adapted.model == config.model
 
 
 def test_config_seeds_and_overrides_narrow_the_grid(data_root: Path, tmp_path: Path):

@@ -242,3 +242,26 @@ def test_no_bold_where_every_competing_row_ties(tmp_path):
     write_tables(root, tmp_path / "out")
     table = (tmp_path / "out" / "perclass_mini_gta5_paper.md").read_text()
     assert "**" not in table
+
+
+def test_captions_name_the_source_run_of_each_adapted_row(tmp_path):
+    """official adapts from source_only_official (its method file's source_method), the other
+    adapted methods from source_only: the caption says which row started from which."""
+    root = tmp_path / "runs"
+    shifts = {"source_only": "source_only", "source_only_official": "source_only"}
+    for method in ("source_only", "source_only_official", "full", "official"):
+        conf = confusion(19, shifts.get(method, "full"), 0)
+        write_eval(root, "mini_gta5", method, 0, "paper", conf)
+    write_tables(root, tmp_path / "out", grid="mini")
+    caption = (tmp_path / "out" / "summary.md").read_text().splitlines()[0]
+    assert (
+        "adapted rows start from their seed's run of source_only (full) or "
+        "source_only_official (official)." in caption
+    )
+    methods = pd.read_csv(tmp_path / "out" / "summary.csv")["method"].tolist()
+    assert methods == ["source_only", "source_only_official", "full", "official"]
+    # Supervised rows alone: nothing started from anything.
+    only = tmp_path / "only"
+    write_eval(only, "mini_gta5", "source_only", 0, "paper", confusion(19, "source_only", 0))
+    write_tables(only, tmp_path / "out_only")
+    assert "adapted rows" not in (tmp_path / "out_only" / "summary.md").read_text()

@@ -16,7 +16,7 @@ Output, byte-stable (no timestamps, fixed formats), in ``out``:
   Snakemake report). Rows follow the grid's order; the best mean of each column is bold (the oracle
   is an upper bound, not a competitor, and reported numbers are references: neither is marked).
   Tables of the paper's benchmarks (gta5, synthia) add the paper's reported mIoUs as
-  "(reported)" rows.
+  "(reported)" rows. Captions name the supervised run each adapted row started from.
 """
 
 from __future__ import annotations
@@ -34,7 +34,14 @@ import pandas as pd
 from tabulate import tabulate
 
 from hqtd.errors import HqtdError
-from hqtd.grid import grid_names, load_grid, protocols
+from hqtd.grid import (
+    SUPERVISED_STAGES,
+    grid_names,
+    load_grid,
+    method_stage,
+    protocols,
+    source_method,
+)
 from hqtd.io import write_text
 from hqtd.metrics import iou_per_class, summary
 from hqtd.provenance import KEYS as PROVENANCE_KEYS
@@ -289,6 +296,21 @@ def typical_n(rows: Iterable[Row]) -> int:
     return max(counts, key=lambda n: (counts[n], n)) if counts else 0
 
 
+def _sources_note(methods: Iterable[str]) -> str:
+    """Which supervised run the adapted rows started from (their ``method.source_method``, e.g.
+    ``source_only_official`` for ``official``, METHOD.md §8.3); empty without adapted rows."""
+    by_source: dict[str, list[str]] = {}
+    for method in methods:
+        if method_stage(method) not in SUPERVISED_STAGES:
+            by_source.setdefault(source_method(method), []).append(method)
+    if not by_source:
+        return ""
+    if len(by_source) == 1:
+        return f"; adapted rows start from their seed's {next(iter(by_source))} run"
+    groups = [f"{source} ({', '.join(adapted)})" for source, adapted in by_source.items()]
+    return "; adapted rows start from their seed's run of " + " or ".join(groups)
+
+
 def _caption(title: str, rows: list[Row]) -> str:
     n = typical_n(rows)
     text = f"{title}. Mean ± std over seeds, n={n}"
@@ -297,6 +319,7 @@ def _caption(title: str, rows: list[Row]) -> str:
     text += "; best mean per column in bold"
     if any(not row.competing and not row.reported for row in rows):
         text += " (oracle excluded)"
+    text += _sources_note(row.label for row in rows if not row.reported)
     if any(row.reported for row in rows):
         text += "; (reported): published Cityscapes val numbers, paper protocol"
     return text + "."

@@ -1,7 +1,9 @@
 # One training run per benchmark x method x seed. Supervised methods (source_only, oracle) start
-# from the model's init; adaptation methods from source_only's last checkpoint (same benchmark and
-# seed). Only the `done` marker is declared: Snakemake deletes a rerun job's outputs first, and
-# `hqtd train` resumes from the checkpoints it keeps in the run directory.
+# from the model's init; adaptation methods from the last checkpoint of their method's
+# source_method (same benchmark and seed). Only the `done` marker that `hqtd train` writes last is
+# declared: Snakemake deletes a rerun job's outputs first, and `hqtd train` resumes from the
+# checkpoints and logs it keeps in the run directory. `done` is workflow state (git-ignored): a
+# fresh clone reruns the job, which finishes at once when the run's checkpoints are there.
 
 
 rule train:
