@@ -96,9 +96,10 @@ def make_views(image: Tensor, label: Tensor, size: int, generator: torch.Generat
 
 
 def _result(loss: Tensor, terms: dict[str, Tensor]) -> StepResult:
-    """Pack the loss and its terms; one device sync for all the floats."""
+    """Pack the loss and its terms; one device sync for all the floats (float64 holds fp32 and
+    bf16 values exactly and keeps a float64 step's terms whole)."""
     names = [*terms, "total"]
-    values = torch.stack([value.detach().float() for value in (*terms.values(), loss)]).tolist()
+    values = torch.stack([value.detach().double() for value in (*terms.values(), loss)]).tolist()
     return StepResult(loss, dict(zip(names, values, strict=True)))
 
 
