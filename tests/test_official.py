@@ -41,7 +41,7 @@ from hqtd.train import epoch_length, initial_model, load_checkpoint, train
 IGNORE = 255
 NUM_CLASSES = 8
 CROP = 32
-STEP_SEED = 4  # a draw whose image 0 has three classes in y^c (three prototypes)
+STEP_SEED = 8  # a draw whose image 0 has 3 prototypes, and y^c differs between y^w and §8.4a
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
 
@@ -283,6 +283,9 @@ def reference(model: nn.Module, cfg, source: dict, target: dict, draws: Draws) -
         pixel.append(info_nce(qs, qw, m.tau_pix))
     terms["pix"] = torch.stack(pixel).mean()
     y_con = to_grid(paste(ms, ys, y_c if edge else y_w), grid)  # §8.4a: the crop's labels
+    facts["y^c of image 0 differs from the one of y^w"] = not torch.equal(
+        y_con[0], to_grid(paste(ms, ys, y_w), grid)[0]
+    )
     protos_s, protos_w = [], []
     for c in y_con[0].unique().tolist():  # the authors' slip: the first image only
         if c != IGNORE:
@@ -351,6 +354,7 @@ def test_official_iteration_equals_the_float64_reference(monkeypatch):
 def test_official_edge_iteration_equals_the_float64_reference(monkeypatch):
     facts = compare("official_edge", monkeypatch)
     assert facts["M^s bands all non-empty"] and facts["t2s bands all non-empty"]
+    assert facts["y^c of image 0 differs from the one of y^w"]  # §8.4a is seen by L_proto
     assert facts["prototypes"] > 1
 
 
