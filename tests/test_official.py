@@ -90,6 +90,9 @@ def batches(paste_in_second: bool = True) -> tuple[dict, dict]:
 def method_config(variant: str):
     cfg = load_config([f"method={variant}", "run_dir=unused"])
     cfg.benchmark.crop_size = CROP
+    # Distinct weights (not the mini benchmark's λ_st = λ_mix = 1), so that every product of
+    # them in the total is told apart.
+    cfg.method = replace(cfg.method, lambda_st=0.3, lambda_aux=0.2, lambda_mix=0.7, lambda_cl=0.05)
     return cfg
 
 
