@@ -9,9 +9,10 @@ DistributedDataParallel (gloo on CPU, NCCL on CUDA); only rank 0 writes files.
 
 Run directory: ``config.yaml``, ``train_log.jsonl`` (loss terms and lr every ``train.log_every``
 iterations), ``val_log.jsonl`` (EMA mIoU and per-class IoU on target val every
-``train.eval_every``), the same scalars as TensorBoard events in ``tensorboard/``,
-``checkpoints/last.pt`` and ``checkpoints/best.pt``, ``provenance.json`` (the code, data and
-initial-weights fingerprint of :func:`hqtd.provenance.run_identity`), and ``done`` at the end.
+``train.eval_every``, or every epoch with ``train.eval_per_epoch``), the same scalars as
+TensorBoard events in ``tensorboard/``, ``checkpoints/last.pt`` and ``checkpoints/best.pt``,
+``provenance.json`` (the code, data and initial-weights fingerprint of
+:func:`hqtd.provenance.run_identity`), and ``done`` at the end.
 
 A run directory is resumed (or, finished, left alone) only for the same computation: the same
 config (except :data:`RESUMABLE_KEYS`), code, data and initial weights. Otherwise ``hqtd train``
@@ -393,21 +394,35 @@ def check_stage(config: Config) -> None:
             raise HqtdError(f"train.init_checkpoint={init}: file not found")
 
 
-def initial_model(config: Config) -> nn.Module:
-    """The network before training: seeded from config.seed (identical on every rank), then the
-    source-only checkpoint (adaptation) or the ImageNet init (source-only / oracle) if any.
+def initial_model(config: Config) -> tuple[nn.Module, ModelEMA]:
+    """The network before training and its EMA copy.
 
-    ``train.init_weights`` picks the checkpoint's weights (METHOD.md §8.2); ``auto`` is an hqtd
-    file's EMA and an authors' file's ``state_dict`` (the student, which their code starts from).
+    The network is seeded from config.seed (identical on every rank), then given the source-only
+    checkpoint (adaptation) or the ImageNet init (source-only / oracle) if any. The EMA copies it;
+    with ``method.quirk_ema_from_init`` (METHOD.md §8.5) it copies the freshly built network before
+    the source-only checkpoint is loaded, as the authors do: model.init's weights, or the random
+    init when there is none. ``train.init_weights`` picks the checkpoint's weights (METHOD.md
+    §8.2); ``auto`` is an hqtd file's EMA and an authors' file's ``state_dict`` (the student,
+    which their code starts from).
     """
+    method = config.method
+
+    def ema_of(model: nn.Module) -> ModelEMA:
+        return ModelEMA(model, method.ema_decay, not method.quirk_ema_bn_per_epoch)
+
     torch.manual_seed(config.seed)
-    if config.method.stage is not Stage.adapt:
-        return build_model(config.model)  # loads model.init when set
-    model = build_model(dataclasses.replace(config.model, init=None))  # overwritten right away
+    if method.stage is not Stage.adapt:
+        model = build_model(config.model)  # loads model.init when set
+        return model, ema_of(model)
+    if method.quirk_ema_from_init:
+        model = build_model(config.model)
+        ema = ema_of(model)
+    else:
+        model = build_model(dataclasses.replace(config.model, init=None))  # overwritten right away
     load_weights(
         model, config.train.init_checkpoint, weights=config.train.init_weights, for_training=True
     )
-    return model
+    return model, ema if method.quirk_ema_from_init else ema_of(model)
 
 
 def stage_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset | None]:
@@ -424,6 +439,24 @@ def stage_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDat
     if config.method.stage is Stage.oracle:
         return dataset(bench.target, bench.target_size), None
     return dataset(bench.source, bench.source_size), dataset(bench.target, bench.target_size)
+
+
+def epoch_length(config: Config, dataset_sizes: list[int], world_size: int) -> int:
+    """Iterations per epoch as the authors count them (METHOD.md §8.5): they zip one pass of each
+    training loader (``drop_last``), so an epoch is ``min(len(dataset) // batch)`` over the stage's
+    datasets, the batch being the global one (``train.batch_size`` per rank and domain).
+
+    Raises:
+        HqtdError: a dataset smaller than one batch (its epoch would be empty).
+    """
+    iterations = min(dataset_sizes) // (config.train.batch_size * world_size)
+    if iterations == 0:
+        raise HqtdError(
+            f"train.eval_per_epoch / method.quirk_ema_bn_per_epoch: a training set of "
+            f"{min(dataset_sizes)} images holds no full batch of {config.train.batch_size} x "
+            f"{world_size} process(es); expected at least one"
+        )
+    return iterations
 
 
 def total_iterations(config: Config) -> int:
@@ -584,8 +617,7 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
     total = total_iterations(config)
 
     # Model, EMA (evaluation always uses the EMA weights, in every stage) and optimiser.
-    model = initial_model(config)
-    ema = ModelEMA(model, config.method.ema_decay)
+    model, ema = initial_model(config)
     memory_format = torch.channels_last if tc.channels_last else torch.preserve_format
     model.to(device, memory_format=memory_format)
     ema.module.to(device, memory_format=memory_format)
@@ -619,6 +651,11 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
         config.benchmark.num_classes,
         train=False,
     )
+    # The authors' epoch (METHOD.md §8.5) paces validation and the EMA's BN buffer copies when set.
+    epoch = None
+    if tc.eval_per_epoch or config.method.quirk_ema_bn_per_epoch:
+        sizes = [len(d) for d in (labelled_set, target_set) if d is not None]
+        epoch = epoch_length(config, sizes, runtime.world_size)
     generator = torch.Generator(device)
     # Rank 0 alone writes files: logs, checkpoints and the done marker (``log`` is None elsewhere).
     log = RunLog(run_dir, start, config.benchmark.num_classes) if runtime.is_main else None
@@ -651,10 +688,13 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
         ema.update(model)
 
         done = iteration + 1  # iterations completed
+        epoch_end = epoch is not None and done % epoch == 0
+        if epoch_end and not ema.buffers_every_step:
+            ema.copy_buffers(model)
         if done % tc.log_every == 0 and log is not None:
             log.train({"iteration": done, "lr": base_lrs[0] * lr_scale, **result.terms})
             progress.set_postfix({k: f"{v:.3f}" for k, v in result.terms.items()}, refresh=False)
-        if done % tc.eval_every == 0 or done == total:
+        if (epoch_end if tc.eval_per_epoch else done % tc.eval_every == 0) or done == total:
             scores = validate(ema, val_set, config, runtime)
             if log is not None:
                 log.val({"iteration": done, **scores})

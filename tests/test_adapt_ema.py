@@ -63,3 +63,24 @@ def test_state_dict_round_trip():
     for key, value in ema.state_dict().items():
         assert torch.equal(restored.state_dict()[key], value)
     assert set(ema.state_dict()) == set(student.state_dict())
+
+
+def test_buffers_only_copied_when_asked_with_buffers_per_epoch():
+    # METHOD.md §8.5: the authors copy BN buffers at epoch ends only; parameters average every step.
+    student = _model()
+    ema = ModelEMA(student, decay=0.5, buffers_every_step=False)
+    student.train()
+    student(torch.tensor([[1.0, 5.0], [3.0, -1.0], [8.0, 0.0]]))
+    with torch.no_grad():
+        student[0].bias.fill_(4.0)
+    ema.update(student)
+    ema_bn = ema.module[1]
+    assert torch.equal(ema_bn.running_mean, torch.zeros(2))  # still the initial statistics
+    assert torch.equal(ema_bn.running_var, torch.ones(2))
+    assert ema_bn.num_batches_tracked.item() == 0
+    torch.testing.assert_close(ema.module[0].bias, torch.full((2,), 2.0))  # 0.5·0 + 0.5·4
+    ema.copy_buffers(student)
+    assert torch.equal(ema_bn.running_mean, student[1].running_mean)
+    assert torch.equal(ema_bn.running_var, student[1].running_var)
+    assert ema_bn.num_batches_tracked.item() == 1
+    torch.testing.assert_close(ema.module[0].bias, torch.full((2,), 2.0))  # parameters untouched

@@ -29,7 +29,7 @@ from hqtd.models.deeplabv2 import SegOutput, build_model
 IGNORE = 255
 NUM_CLASSES = 8
 CROP = 32
-VARIANTS = ("baseline", "t2s", "pixel", "proto", "full", "full_edge", "official")
+VARIANTS = ("baseline", "t2s", "pixel", "proto", "full", "full_edge", "official", "official_edge")
 BASE_TERMS = {"src", "src_aux", "st", "st_aux", "total"}
 EXPECTED_TERMS = {
     "source_only": {"src", "src_aux", "total"},
@@ -40,6 +40,8 @@ EXPECTED_TERMS = {
     "full": BASE_TERMS | {"mix", "pix", "proto"},
     "full_edge": BASE_TERMS | {"mix", "pix", "proto", "st_edge", "st_aux_edge", "mix_edge"},
     "official": BASE_TERMS | {"mix", "pix", "proto"},
+    "official_edge": BASE_TERMS
+    | {"mix", "pix", "proto", "st_edge", "st_aux_edge", "mix_edge", "mix_aux"},
 }
 
 
@@ -149,6 +151,7 @@ def test_loss_weights_hand_computed():
         "st_edge": 0.1,
         "st_aux_edge": 0.1 * 0.2,
         "mix_edge": 0.3 * 0.3,
+        "mix_aux": 0.1 * 0.2 * 0.3,
     }
     assert weights == pytest.approx(expected)
     terms = {"src": torch.tensor(2.0), "st": torch.tensor(10.0), "mix_edge": torch.tensor(100.0)}

@@ -279,5 +279,5 @@ def test_adaptation_starts_from_the_state_dict_of_an_authors_file(
     ]
     for path, weights, expected in cases:
         args = adapt_args(data_root, tmp_path / "run", path, f"train.init_weights={weights}")
-        model = initial_model(load_config(args))
+        model, _ = initial_model(load_config(args))
         assert _equal_states(model, expected), (path.name, weights)

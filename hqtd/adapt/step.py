@@ -13,6 +13,11 @@
     8-10 y^c, L_pix, L_proto from the stride-8 logits ẑ of the two mixed views
     11 the weighted total (:func:`loss_weights`)
 
+``method.quirk_edge_code`` (with ``method.edge``) reproduces the authors' edge code
+(``main_edge_enhance.py``, METHOD.md §8.4): y^c takes the unmixed crop's labels in place of y^w (a),
+an aux-head CE on x^{ts} is added (b), and a band term is dropped for the whole batch when one
+image's band is empty (c).
+
 Each forward pass is its own call, as in the authors' code: BatchNorm trains with batch statistics,
 so concatenating e.g. x̃^{t,s} and x^{ts} into one call would normalise each with the statistics of
 both and change the method. The weak view's ẑ is computed once and serves steps 5, 7, 9 and 10; it
@@ -99,9 +104,10 @@ def make_views(image: Tensor, label: Tensor, size: int, generator: torch.Generat
 
 
 def _result(loss: Tensor, terms: dict[str, Tensor]) -> StepResult:
-    """Pack the loss and its terms; one device sync for all the floats."""
+    """Pack the loss and its terms; one device sync for all the floats (float64 holds fp32 and
+    bf16 values exactly and keeps a float64 step's terms whole)."""
     names = [*terms, "total"]
-    values = torch.stack([value.detach().float() for value in (*terms.values(), loss)]).tolist()
+    values = torch.stack([value.detach().double() for value in (*terms.values(), loss)]).tolist()
     return StepResult(loss, dict(zip(names, values, strict=True)))
 
 
@@ -129,7 +135,8 @@ def loss_weights(method: MethodConfig, aux_weight: float) -> dict[str, float]:
 
     ``L = L_src + a·L_src,aux + λ_st(L_st + λ_aux L_st,aux) + λ_mix L_mix + λ_cl(L_pix + L_proto)``
     where a = ``train.aux_weight``; edge enhancement adds
-    ``λ_st(L_st,edge + λ_aux L_st,aux,edge) + λ_mix·λ_mix L_mix,edge``.
+    ``λ_st(L_st,edge + λ_aux L_st,aux,edge) + λ_mix·λ_mix L_mix,edge``, and the authors' edge code
+    (§8.4b) ``λ_st·λ_aux·λ_mix L_mix,aux``.
     """
     return {
         "src": 1.0,
@@ -142,6 +149,7 @@ def loss_weights(method: MethodConfig, aux_weight: float) -> dict[str, float]:
         "st_edge": method.lambda_st,
         "st_aux_edge": method.lambda_st * method.lambda_aux,
         "mix_edge": method.lambda_mix * method.lambda_mix,
+        "mix_aux": method.lambda_st * method.lambda_aux * method.lambda_mix,
     }
 
 
@@ -195,22 +203,36 @@ def mixed_target_views(
     )
 
 
+def loss_band(band: Tensor, authors_skip: bool) -> Tensor:
+    """The §5 band a CE is restricted to; with ``authors_skip`` (§8.4c) emptied for the whole batch
+    as soon as one image's band is empty, as the authors' edge code skips the band term then.
+
+    Args:
+        band: (B, H, W) bool.
+
+    Returns:
+        (B, H, W) bool (a CE restricted to an empty band is 0, see :func:`cross_entropy`).
+    """
+    if authors_skip and not band.flatten(1).any(dim=1).all():
+        return torch.zeros_like(band)
+    return band
+
+
 def self_training_terms(
-    out_strong: SegOutput, weak_probs: Tensor, weak_aux: Tensor, views: MixedTarget, edge: bool
+    out_strong: SegOutput, aux_label: Tensor, views: MixedTarget, method: MethodConfig
 ) -> dict[str, Tensor]:
     """Step 7 (and the §5 band of M^s): CE on the mixed strong view.
 
-    ``L_st = CE(z(x̃^{t,s}), ỹ^t)``, ``L_st,aux = CE(a(x̃^{t,s}), y^{w,aux})``; with ``edge`` the same
-    two losses restricted to the band of the pasted source mask. ``weak_probs`` is p^w (step 5),
-    ``weak_aux`` the aux-head logits of the same weak view, both detached.
+    ``L_st = CE(z(x̃^{t,s}), ỹ^t)``, ``L_st,aux = CE(a(x̃^{t,s}), y^{w,aux})``; with ``method.edge``
+    the same two losses restricted to the band of the pasted source mask. ``aux_label`` is
+    y^{w,aux} (B, S, S) of the weak view (step 7).
     """
-    aux_label = aux_pseudo_labels(weak_probs, weak_aux)
     terms = {
         "st": cross_entropy(out_strong.main, views.label),
         "st_aux": cross_entropy(out_strong.aux, aux_label),
     }
-    if edge:
-        off_band = ~boundary_band(views.source_mask)
+    if method.edge:
+        off_band = ~loss_band(boundary_band(views.source_mask), method.quirk_edge_code)
         terms["st_edge"] = cross_entropy(out_strong.main, views.label.masked_fill(off_band, IGNORE))
         terms["st_aux_edge"] = cross_entropy(
             out_strong.aux, aux_label.masked_fill(off_band, IGNORE)
@@ -218,35 +240,53 @@ def self_training_terms(
     return terms
 
 
+def unmixed_confident_labels(
+    teacher: nn.Module, views: MixedTarget, t_max: float
+) -> tuple[Tensor, Tensor]:
+    """§5: M^t and its labels predicted without gradient on the unmixed weak crop x^{t,w}.
+
+    Returns:
+        ``(mask, labels)``: (B, S, S) bool and (B, S, S) int64, ``IGNORE`` off the mask.
+    """
+    with torch.no_grad():
+        probs = teacher(views.target_weak, aux=False).main.softmax(dim=1)
+    return confident_labels(probs, t_max)
+
+
 def target_to_source_terms(
     student: nn.Module,
-    teacher: nn.Module,
     views: MixedTarget,
-    weak_mask: Tensor,
-    weak_label: Tensor,
+    weak: tuple[Tensor, Tensor],
+    crop: tuple[Tensor, Tensor] | None,
+    aux_label: Tensor | None,
     method: MethodConfig,
 ) -> dict[str, Tensor]:
     """Step 6 (and §5): ``L_mix = CE(z(x^{ts}), y^{ts})`` on the target→source image.
 
-    With ``method.edge`` the pasted mask is ``M^t ∪ M^s`` where M^t comes from a no-grad prediction
-    on the unmixed weak crop, y^s labels M^s, and ``L_mix,edge`` is the CE on the band of that M^t
-    outside M^s. ``quirk_t2s_first_image`` keeps image 0 only, for both (all images are forwarded).
+    ``weak`` is (M^t, y^w) of the mixed weak view. With ``method.edge`` the pasted mask is
+    ``M^t ∪ M^s`` where M^t is ``crop`` (:func:`unmixed_confident_labels`), y^s labels M^s, and
+    ``L_mix,edge`` is the CE on the band of that M^t outside M^s. With the authors' edge code
+    (§8.4b) ``L_mix,aux`` is the aux-head CE on x^{ts} against the same paste with y^{w,aux}
+    (``aux_label``) in place of the crop's labels. ``quirk_t2s_first_image`` keeps image 0 only, for
+    every term (all images are forwarded).
     """
     src, source_mask = views.source, views.source_mask
-    paste_mask, paste_label = weak_mask, weak_label
+    paste_mask, paste_label = weak
     if method.edge:
-        with torch.no_grad():
-            crop_probs = teacher(views.target_weak, aux=False).main.softmax(dim=1)
-        crop_mask, crop_label = confident_labels(crop_probs, method.t_max)
+        crop_mask, crop_label = crop
         paste_mask = crop_mask | source_mask
         paste_label = mix(source_mask, src.label, crop_label)
     x_ts, y_ts = target_to_source(paste_mask, views.strong, paste_label, src.strong, src.label)
-    logits = student(x_ts, aux=False).main
+    out = student(x_ts, aux=aux_label is not None)
     kept = 1 if method.quirk_t2s_first_image else len(y_ts)
-    terms = {"mix": cross_entropy(logits[:kept], y_ts[:kept])}
+    terms = {"mix": cross_entropy(out.main[:kept], y_ts[:kept])}
     if method.edge:
-        off_band = ~(boundary_band(crop_mask) & ~source_mask)
-        terms["mix_edge"] = cross_entropy(logits[:kept], y_ts.masked_fill(off_band, IGNORE)[:kept])
+        band = loss_band(boundary_band(crop_mask) & ~source_mask, method.quirk_edge_code)
+        band_label = y_ts.masked_fill(~band, IGNORE)
+        terms["mix_edge"] = cross_entropy(out.main[:kept], band_label[:kept])
+    if aux_label is not None:
+        aux_target = mix(paste_mask, mix(source_mask, src.label, aux_label), src.label)
+        terms["mix_aux"] = cross_entropy(out.aux[:kept], aux_target[:kept])
     return terms
 
 
@@ -254,10 +294,14 @@ def contrastive_terms(
     out_strong: SegOutput,
     out_weak: SegOutput,
     views: MixedTarget,
-    weak_label: Tensor,
+    target_label: Tensor,
     method: MethodConfig,
 ) -> dict[str, Tensor]:
-    """Steps 8-10: pixel and prototype InfoNCE on the stride-8 logits ẑ of the two mixed views."""
+    """Steps 8-10: pixel and prototype InfoNCE on the stride-8 logits ẑ of the two mixed views.
+
+    ``target_label`` fills y^c outside M^s: y^w, or the unmixed crop's labels with the authors'
+    edge code (§8.4a).
+    """
     terms = {}
     if method.pixel:
         terms["pix"] = pixel_contrastive_loss(
@@ -265,7 +309,7 @@ def contrastive_terms(
         )
     if method.proto:
         size = out_strong.main_small.shape[-2:]
-        labels = contrastive_labels(views.source_mask, views.source.label, weak_label, size)
+        labels = contrastive_labels(views.source_mask, views.source.label, target_label, size)
         terms["proto"] = prototype_contrastive_loss(
             out_strong.main_small,
             out_weak.main_small,
@@ -297,7 +341,8 @@ def adaptation_step(
     Returns:
         The total loss (with gradient) and the unweighted terms that were computed: ``src`` and
         ``src_aux`` always; ``st``, ``st_aux`` (self-training); ``mix`` (t2s); ``pix``; ``proto``;
-        ``st_edge``, ``st_aux_edge`` (edge with self-training), ``mix_edge`` (edge with t2s).
+        ``st_edge``, ``st_aux_edge`` (edge with self-training), ``mix_edge`` (edge with t2s),
+        ``mix_aux`` (the authors' edge code with t2s).
     """
     method = cfg.method
     weights = loss_weights(method, cfg.train.aux_weight)
@@ -312,20 +357,33 @@ def adaptation_step(
 
     teacher = ema.module if method.pseudo_label_model is PseudoLabelModel.ema else student
     views = mixed_target_views(teacher, source, target, method, cfg.benchmark.crop_size, generator)
-    # Forward order as the authors': strong view, then weak view (steps 7 and 5). The aux head
-    # is only used by self-training (L_st,aux and its pseudo-labels y^{w,aux}).
-    aux = method.self_training
-    out_strong = student(views.strong, aux=aux) if method.self_training or contrastive else None
+    # Forward order as the authors': strong view, then weak view (steps 7 and 5), then the §5
+    # crop, then x^{ts}. The aux head is only used by self-training (L_st,aux and its pseudo-labels
+    # y^{w,aux}) and by the authors' edge code (L_mix,aux, §8.4b).
+    edge_code = method.edge and method.quirk_edge_code
+    mix_aux = method.t2s and edge_code
+    out_strong = (
+        student(views.strong, aux=method.self_training)
+        if method.self_training or contrastive
+        else None
+    )
     with torch.set_grad_enabled(contrastive and torch.is_grad_enabled()):
-        out_weak = student(views.weak, aux=aux)
+        out_weak = student(views.weak, aux=method.self_training or mix_aux)
     weak_probs = out_weak.main.detach().softmax(dim=1)
-    weak_mask, weak_label = confident_labels(weak_probs, method.t_max)
+    weak = confident_labels(weak_probs, method.t_max)  # (M^t, y^w)
+    aux_label = None
+    if method.self_training or mix_aux:
+        aux_label = aux_pseudo_labels(weak_probs, out_weak.aux.detach())
+    crop = None
+    if method.edge and (method.t2s or (edge_code and method.proto)):
+        crop = unmixed_confident_labels(teacher, views, method.t_max)
     if method.self_training:
-        terms |= self_training_terms(
-            out_strong, weak_probs, out_weak.aux.detach(), views, method.edge
-        )
+        terms |= self_training_terms(out_strong, aux_label, views, method)
     if method.t2s:
-        terms |= target_to_source_terms(student, teacher, views, weak_mask, weak_label, method)
+        terms |= target_to_source_terms(
+            student, views, weak, crop, aux_label if mix_aux else None, method
+        )
     if contrastive:
-        terms |= contrastive_terms(out_strong, out_weak, views, weak_label, method)
+        target_label = crop[1] if edge_code else weak[1]
+        terms |= contrastive_terms(out_strong, out_weak, views, target_label, method)
     return _result(total_loss(terms, weights), terms)
