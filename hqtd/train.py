@@ -38,7 +38,7 @@ from tqdm import tqdm
 from hqtd.adapt.ema import ModelEMA
 from hqtd.adapt.step import adaptation_step, supervised_step
 from hqtd.config import Config, DatasetConfig, Stage, from_yaml, to_yaml
-from hqtd.data.datasets import SegmentationDataset
+from hqtd.data.datasets import SegmentationDataset, image_resample
 from hqtd.data.labels import class_names
 from hqtd.errors import HqtdError
 from hqtd.evaluate import (
@@ -392,10 +392,13 @@ def stage_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDat
     """The labelled training set of the stage and, for adaptation, the unlabelled target set."""
     bench = config.benchmark
 
+    resample = image_resample(config.method.augmentation)
+
     def dataset(spec: DatasetConfig, size: tuple[int, int]) -> SegmentationDataset:
         return SegmentationDataset(
-            spec.root, spec.split, tuple(size), bench.num_classes, train=True
-        )
+            spec.root, spec.split, tuple(size), bench.num_classes, train=True,
+            image_resample=resample,
+        )  # fmt: skip
 
     if config.method.stage is Stage.source_only:
         return dataset(bench.source, bench.source_size), None
@@ -547,6 +550,7 @@ def run(config: Config, runtime: Runtime) -> None:
         tuple(config.benchmark.target_size),  # the paper protocol: labels resized too
         config.benchmark.num_classes,
         train=False,
+        image_resample=image_resample(config.method.augmentation),
     )
     generator = torch.Generator(device)
     # Rank 0 alone writes files: logs, checkpoints and the done marker (``log`` is None elsewhere).
