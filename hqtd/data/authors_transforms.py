@@ -121,10 +121,10 @@ def crop_resize_linear(x: Tensor, boxes: Tensor, size: int) -> Tensor:
     """Step 2, §8.6: the weak view, each box cropped and resized like ``cv2.resize(crop, (size,
     size), interpolation=cv2.INTER_LINEAR)``: half-pixel centres, no antialias, uint8 out.
 
-    OpenCV's fixed-point uint8 path: each needed source row is resized along x with 11-bit
-    coefficients into integers ``D`` (scale 2048); two rows are combined as its vectorised loop
-    does, ``((D0 >> 4)·b0 >> 16) + ((D1 >> 4)·b1 >> 16) + 2 >> 2``. Integer arithmetic, so every
-    device gives the same levels.
+    OpenCV's fixed-point uint8 path: source rows are resized along x with 11-bit coefficients
+    into integers ``D`` (scale 2048); two rows are combined as its vectorised loop does,
+    ``((D0 >> 4)·b0 >> 16) + ((D1 >> 4)·b1 >> 16) + 2 >> 2``. Integer arithmetic, so every device
+    gives the same levels.
 
     Args:
         x: (B, C, H, W) uint8.
@@ -138,13 +138,10 @@ def crop_resize_linear(x: Tensor, boxes: Tensor, size: int) -> Tensor:
     col_low, col_high, col_weights = _linear_taps(left, w, size, clamp_weight=True)
     image = x.int()
     col_weights = col_weights.int().unsqueeze(1).unsqueeze(1)  # (B, 1, 1, size, 2)
-
-    def resize_row(rows: Tensor) -> Tensor:  # (B, C, size, W) -> (B, C, size, size), scale 2048
-        taps = (_per_sample(rows, 3, col_low), _per_sample(rows, 3, col_high))
-        return taps[0] * col_weights[..., 0] + taps[1] * col_weights[..., 1]
-
-    upper = resize_row(_per_sample(image, 2, row_low))
-    lower = resize_row(_per_sample(image, 2, row_high))
+    # Each source row along x once (H rows; the paper's 2·size row taps are more), scale 2048.
+    rows = _per_sample(image, 3, col_low) * col_weights[..., 0]
+    rows += _per_sample(image, 3, col_high) * col_weights[..., 1]  # (B, C, H, size)
+    upper, lower = _per_sample(rows, 2, row_low), _per_sample(rows, 2, row_high)
     row_weights = row_weights.int().view(-1, 1, size, 1, 2)
     total = ((upper >> 4) * row_weights[..., 0] >> 16) + ((lower >> 4) * row_weights[..., 1] >> 16)
     return ((total + 2) >> 2).clamp(0, 255).to(torch.uint8)
@@ -209,27 +206,27 @@ def rgb_to_hsv(x: Tensor) -> Tensor:
     Returns:
         (B, 3, h, w) uint8 HSV.
     """
-    r, g, b = x.long().unbind(dim=1)
+    r, g, b = x.int().unbind(dim=1)
     value = torch.maximum(torch.maximum(r, g), b)
     diff = value - torch.minimum(torch.minimum(r, g), b)
     half = 1 << (_HSV_SHIFT - 1)
-    sat = (diff * _division_table(255 << _HSV_SHIFT, value) + half) >> _HSV_SHIFT
+    sat_table = _division_table(255 << _HSV_SHIFT, x.device)
+    sat = (diff * sat_table[value.long()] + half) >> _HSV_SHIFT
     sextant = torch.where(
         value == r, g - b, torch.where(value == g, b - r + 2 * diff, r - g + 4 * diff)
     )
-    hue = torch.div(
-        sextant * _division_table((HUE_RANGE << _HSV_SHIFT) / 6, diff) + half,
-        1 << _HSV_SHIFT,
-        rounding_mode="floor",
-    )
+    hue_table = _division_table((HUE_RANGE << _HSV_SHIFT) / 6, x.device)
+    hue = (sextant * hue_table[diff.long()] + half) >> _HSV_SHIFT  # arithmetic: floor
     hue = torch.where(hue < 0, hue + HUE_RANGE, hue)
     return torch.stack((hue, sat, value), dim=1).to(torch.uint8)
 
 
-def _division_table(numerator: float, divisor: Tensor) -> Tensor:
-    """OpenCV's ``round(numerator / i)`` table entry for each divisor (0 where i = 0)."""
-    quotient = numerator / divisor.clamp_min(1).double()
-    return torch.where(divisor > 0, quotient.round().long(), torch.zeros_like(divisor))
+def _division_table(numerator: float, device: torch.device) -> Tensor:
+    """OpenCV's table ``round(numerator / i)`` for i = 0..255 (0 at i = 0), int32."""
+    divisor = torch.arange(256, device=device, dtype=torch.float64).clamp_min(1)
+    table = (torch.full_like(divisor, numerator) / divisor).round().int()  # a true division
+    table[0] = 0
+    return table
 
 
 def hsv_to_rgb(hsv: Tensor) -> Tensor:
