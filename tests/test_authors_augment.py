@@ -22,6 +22,7 @@ from hqtd.cli import main
 from hqtd.config import Augmentation, MethodConfig
 from hqtd.data.authors_transforms import (
     StrongParams,
+    albumentations_offsets,
     apply_strong,
     brightness_contrast,
     crop_resize_linear,
@@ -79,6 +80,17 @@ def test_to_uint8_gives_back_every_dataset_level() -> None:
     # between levels it truncates as numpy's astype(np.uint8): 7.7 -> 7; out of range clips
     between = torch.tensor([7.7, 254.99, -3.0, 300.0]).div(255).view(1, 1, 1, 4)
     assert to_uint8(between).flatten().tolist() == [7, 254, 0, 255]
+
+
+def test_albumentations_offsets_follow_its_start_fraction() -> None:
+    # albumentations 1.1.0 keeps offset i of n + 1 as i / (n + 1e-10) and crops at int(n · that)
+    for n in (0, 1, 7, 128, 767):
+        drawn = torch.arange(n + 1)
+        boxes = torch.stack([drawn, drawn.flip(0), torch.ones_like(drawn), drawn + 5], dim=1)
+        expected = [int(n * (i / (n + 1e-10))) for i in range(n + 1)]
+        moved = albumentations_offsets(boxes)
+        assert moved[:, 0].tolist() == expected and moved[:, 1].tolist() == expected[::-1]
+        assert torch.equal(moved[:, 2:], boxes[:, 2:])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -257,7 +269,7 @@ def test_make_views_authors_mode_composes_the_ops() -> None:
     labels = torch.from_numpy(np.random.default_rng(8).integers(0, 19, (2, 40, 60)))
     views = make_views(images8.float() / 255, labels, SIZE, generator(4), Augmentation.authors)
     draws = generator(4)
-    boxes = sample_crop_boxes(2, 40, 60, draws)
+    boxes = albumentations_offsets(sample_crop_boxes(2, 40, 60, draws))
     weak = crop_resize_linear(images8, boxes, SIZE)
     strong = apply_strong(weak, sample_strong_params(2, draws))
     assert torch.equal(views.weak, weak.float() / 255)

@@ -8,7 +8,7 @@ The authors run albumentations 1.1.0 image by image on uint8 RGB arrays: the wea
 tensor ops on the tensors' device: each op follows OpenCV's integer arithmetic or float32 formula
 (tests/test_authors_augment.py checks each against OpenCV itself, to within one level)::
 
-    boxes = sample_crop_boxes(B, H, W, generator)                 # (B, 4) [top, left, h, w]
+    boxes = albumentations_offsets(sample_crop_boxes(B, H, W, generator))  # [top, left, h, w]
     weak = crop_resize_linear(to_uint8(images), boxes, 512)      # (B, 3, 512, 512) uint8
     params = sample_strong_params(B, generator)                   # 9 draws per sample
     strong = apply_strong(weak, params)                           # (B, 3, 512, 512) uint8
@@ -115,6 +115,23 @@ def _linear_taps(
     weights = torch.stack(((1 - frac) * _COEF_SCALE, frac * _COEF_SCALE), dim=-1).round().long()
     first = start.unsqueeze(1)
     return first + low.clamp(0).minimum(last), first + (low + 1).clamp(0).minimum(last), weights
+
+
+def albumentations_offsets(boxes: Tensor) -> Tensor:
+    """§8.6: where albumentations 1.1.0 actually puts a crop drawn at offset i (per axis).
+
+    ``RandomResizedCrop`` stores ``i / (n + 1e-10)`` for the ``n + 1`` possible offsets and crops at
+    ``int(n · that)``, which is i − 1 for every i ≥ 1: offset 0 is twice as likely and the last one
+    never used. hqtd's sampler draws i as uniformly as ``random.randint(0, n)``; this maps it.
+
+    Args:
+        boxes: (B, 4) ``[top, left, h, w]``.
+
+    Returns:
+        (B, 4), top and left moved to ``max(i − 1, 0)``.
+    """
+    offsets = (boxes[:, :2] - 1).clamp_min(0)
+    return torch.cat((offsets, boxes[:, 2:]), dim=1)
 
 
 def crop_resize_linear(x: Tensor, boxes: Tensor, size: int) -> Tensor:
@@ -411,12 +428,13 @@ def authors_views(
     Args:
         image: (B, 3, H, W) float in [0, 1].
         label: (B, H, W) labels or (B, C, H, W) per-pixel map.
-        boxes: (B, 4) ``[top, left, h, w]``.
+        boxes: (B, 4) ``[top, left, h, w]`` as drawn (moved by :func:`albumentations_offsets`).
 
     Returns:
         weak (B, 3, S, S) and strong (B, 3, S, S) float in [0, 1] (whole levels / 255), and the
         label crop.
     """
+    boxes = albumentations_offsets(boxes)
     weak = crop_resize_linear(to_uint8(image), boxes, size)
     strong = apply_strong(weak, sample_strong_params(len(weak), generator))
     label = crop_resize_nearest(label, boxes, size)
