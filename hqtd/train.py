@@ -391,14 +391,17 @@ def initial_model(config: Config) -> nn.Module:
 def stage_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset | None]:
     """The labelled training set of the stage and, for adaptation, the unlabelled target set."""
     bench = config.benchmark
-
     resample = image_resample(config.method.augmentation)
 
     def dataset(spec: DatasetConfig, size: tuple[int, int]) -> SegmentationDataset:
         return SegmentationDataset(
-            spec.root, spec.split, tuple(size), bench.num_classes, train=True,
+            spec.root,
+            spec.split,
+            tuple(size),
+            bench.num_classes,
+            train=True,
             image_resample=resample,
-        )  # fmt: skip
+        )
 
     if config.method.stage is Stage.source_only:
         return dataset(bench.source, bench.source_size), None

@@ -45,7 +45,8 @@ class SegmentationDataset(Dataset):
     Args:
         root: prepared dataset folder holding ``manifest.json``.
         split: ``train`` or ``val``.
-        size: (W, H) to resize to (image bilinear, label nearest); None keeps the stored size.
+        size: (W, H) to resize to (image with ``image_resample``, label nearest); None keeps the
+            stored size.
         num_classes: 19, or 16 to remap labels to the SYNTHIA 16-class space (METHOD.md §1).
         train: add METHOD.md §4's input augmentation (see :func:`flip_and_blur`).
         image_resample: the image's resize filter; :func:`image_resample` of the augmentation
