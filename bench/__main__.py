@@ -30,6 +30,7 @@ SCRIPTS = (
     "data_path",
     "prototype",
     "argmax",
+    "augment",
     "adapt_step",
     "dag",
     "gpu_step",

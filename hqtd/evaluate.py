@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from hqtd.config import PARAMS_DIR, Config, ModelConfig, Precision, from_yaml
-from hqtd.data.datasets import SegmentationDataset
+from hqtd.data.datasets import SegmentationDataset, image_resample
 from hqtd.data.labels import class_names
 from hqtd.errors import HqtdError
 from hqtd.io import atomic_path, write_json
@@ -250,6 +250,7 @@ def evaluate_command(overrides: list[str]) -> None:
         size=target_size if resize_labels else None,
         num_classes=num_classes,
         train=False,
+        image_resample=image_resample(config.method.augmentation),
     )
     conf = evaluate_model(
         model,

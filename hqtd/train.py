@@ -47,7 +47,7 @@ from tqdm import tqdm
 from hqtd.adapt.ema import ModelEMA
 from hqtd.adapt.step import adaptation_step, supervised_step
 from hqtd.config import Config, DatasetConfig, OnChange, Stage, from_yaml, to_yaml
-from hqtd.data.datasets import SegmentationDataset
+from hqtd.data.datasets import SegmentationDataset, image_resample
 from hqtd.data.labels import class_names
 from hqtd.errors import HqtdError
 from hqtd.evaluate import (
@@ -428,10 +428,16 @@ def initial_model(config: Config) -> tuple[nn.Module, ModelEMA]:
 def stage_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDataset | None]:
     """The labelled training set of the stage and, for adaptation, the unlabelled target set."""
     bench = config.benchmark
+    resample = image_resample(config.method.augmentation)
 
     def dataset(spec: DatasetConfig, size: tuple[int, int]) -> SegmentationDataset:
         return SegmentationDataset(
-            spec.root, spec.split, tuple(size), bench.num_classes, train=True
+            spec.root,
+            spec.split,
+            tuple(size),
+            bench.num_classes,
+            train=True,
+            image_resample=resample,
         )
 
     if config.method.stage is Stage.source_only:
@@ -650,6 +656,7 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
         tuple(config.benchmark.target_size),  # the paper protocol: labels resized too
         config.benchmark.num_classes,
         train=False,
+        image_resample=image_resample(config.method.augmentation),
     )
     # The authors' epoch (METHOD.md §8.5) paces validation and the EMA's BN buffer copies when set.
     epoch = None

@@ -23,7 +23,7 @@ from hqtd.adapt.step import (
     supervised_step,
     total_loss,
 )
-from hqtd.config import MethodConfig, PseudoLabelModel, load_config
+from hqtd.config import Augmentation, MethodConfig, PseudoLabelModel, load_config
 from hqtd.models.deeplabv2 import SegOutput, build_model
 
 IGNORE = 255
@@ -247,3 +247,17 @@ def test_full_edge_runs_under_bf16_autocast():
     assert result.loss.dtype == torch.float32
     assert set(result.terms) == EXPECTED_TERMS["full_edge"]
     assert all(torch.isfinite(p.grad).all() for p in student.parameters())
+
+
+def test_official_with_the_authors_augmentation_is_deterministic_and_changes_only_the_views():
+    cfg = _config("official", augmentation=Augmentation.authors)
+    first, grads_first = _run(cfg)
+    second, grads_second = _run(cfg)
+    assert set(first.terms) == EXPECTED_TERMS["official"]
+    assert all(torch.isfinite(torch.tensor(v)) for v in first.terms.values())
+    assert first.terms == second.terms
+    for a, b in zip(grads_first, grads_second, strict=True):
+        assert torch.equal(a, b)
+    default, _ = _run(_config("official"))
+    assert first.terms["src"] == default.terms["src"]  # step 1 sees the full images, no views
+    assert first.terms["st"] != default.terms["st"]

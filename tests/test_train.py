@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
@@ -48,6 +50,7 @@ from hqtd.train import (
     rng_states,
     save_checkpoint,
     set_rng_states,
+    stage_datasets,
     train,
     truncate_log,
 )
@@ -347,6 +350,22 @@ def test_adaptation_is_deterministic_and_evaluates_both_protocols(
     best = max(read_jsonl(a / "val_log.jsonl"), key=lambda r: r["mIoU"])
     assert paper["mIoU"] == pytest.approx(best["mIoU"])
     assert paper["iou"] == pytest.approx(best["iou"], nan_ok=True)
+
+
+def test_authors_augmentation_resizes_bicubic_and_runs_to_evaluation(
+    data_root: Path, source_checkpoint: Path, tmp_path: Path
+):
+    authors = load_config(adapt_args(data_root, tmp_path, source_checkpoint,
+                                     "method.augmentation=authors"))  # fmt: skip
+    default = load_config(adapt_args(data_root, tmp_path, source_checkpoint))
+    for dataset in stage_datasets(authors):
+        assert dataset.image_resample is Image.Resampling.BICUBIC
+    for dataset in stage_datasets(default):
+        assert dataset.image_resample is Image.Resampling.BILINEAR
+    train(replace(authors, train=replace(authors.train, iterations=2, eval_every=2)))
+    evaluate_command([f"run_dir={tmp_path}"])
+    assert "authors" in (tmp_path / "config.yaml").read_text()
+    assert json.loads((tmp_path / "eval/paper/metrics.json").read_text())["iteration"] == 2
 
 
 def test_sixteen_class_runs_report_miou16_and_miou13(data_root: Path, tmp_path: Path):

@@ -40,7 +40,8 @@ from hqtd.adapt.edges import boundary_band
 from hqtd.adapt.ema import ModelEMA
 from hqtd.adapt.mixing import classmix_masks, contrastive_labels, mix, target_to_source
 from hqtd.adapt.pseudo import aux_pseudo_labels, confident_labels, pseudo_labels
-from hqtd.config import Config, MethodConfig, PseudoLabelModel
+from hqtd.config import Augmentation, Config, MethodConfig, PseudoLabelModel
+from hqtd.data.authors_transforms import authors_views
 from hqtd.data.labels import IGNORE
 from hqtd.data.transforms import crop_resize, sample_crop_boxes, strong_augment
 
@@ -79,7 +80,13 @@ def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return total / (target != IGNORE).sum().clamp_min(1)
 
 
-def make_views(image: Tensor, label: Tensor, size: int, generator: torch.Generator) -> Views:
+def make_views(
+    image: Tensor,
+    label: Tensor,
+    size: int,
+    generator: torch.Generator,
+    augmentation: Augmentation = Augmentation.torchvision,
+) -> Views:
     """Step 2: one random resized crop per image (weak view) and its strong augmentation.
 
     Args:
@@ -88,6 +95,8 @@ def make_views(image: Tensor, label: Tensor, size: int, generator: torch.Generat
             with the same nearest sampling.
         size: crop side S (512 in the paper).
         generator: draws the boxes and the augmentation.
+        augmentation: ``torchvision`` (hqtd's float ops, :mod:`hqtd.data.transforms`) or
+            ``authors`` (their uint8 albumentations ops, §8.6, :mod:`hqtd.data.authors_transforms`).
 
     Against the authors (``perturbations/augmentations.py``, METHOD.md §8.6): they crop the
     pseudo-label, the argmax of the full-image prediction (upsampled with ``align_corners=True``,
@@ -99,6 +108,8 @@ def make_views(image: Tensor, label: Tensor, size: int, generator: torch.Generat
     """
     batch, _, height, width = image.shape
     boxes = sample_crop_boxes(batch, height, width, generator)
+    if augmentation is Augmentation.authors:
+        return Views(*authors_views(image, label, boxes, size, generator))
     weak = crop_resize(image, boxes, size, "bilinear")
     return Views(weak, strong_augment(weak, generator), crop_resize(label, boxes, size, "nearest"))
 
@@ -182,10 +193,11 @@ def mixed_target_views(
     ``x̃^{t,v} = M^s·x^{s,w} + (1−M^s)·x^{t,v}`` for v ∈ {w, s}, ``ỹ^t = M^s·y^s + (1−M^s)·ŷ^t``.
     Without self-training M^s is empty and the target views are left as they are.
     """
-    src = make_views(source["image"], source["label"], crop_size, generator)
+    mode = method.augmentation
+    src = make_views(source["image"], source["label"], crop_size, generator, mode)
     with torch.no_grad():
         target_logits = teacher(target["image"], aux=False).main  # (B, C, H', W')
-    tgt = make_views(target["image"], target_logits, crop_size, generator)
+    tgt = make_views(target["image"], target_logits, crop_size, generator, mode)
     # Step 3 on the crop: nearest sampling takes one source pixel for all channels, so the argmax
     # of the cropped logits is the crop of the full ŷ^t, computed on S² pixels instead of H'·W'.
     target_label = pseudo_labels(tgt.label)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
+from hqtd.config import Augmentation
 from hqtd.data.formats import read_image, read_label_png, resize_image, resize_label
 from hqtd.data.labels import TRAINID_TO_16_LUT, apply_lut
 from hqtd.data.prepare import MANIFEST_NAME
@@ -44,9 +45,12 @@ class SegmentationDataset(Dataset):
     Args:
         root: prepared dataset folder holding ``manifest.json``.
         split: ``train`` or ``val``.
-        size: (W, H) to resize to (image bilinear, label nearest); None keeps the stored size.
+        size: (W, H) to resize to (image with ``image_resample``, label nearest); None keeps the
+            stored size.
         num_classes: 19, or 16 to remap labels to the SYNTHIA 16-class space (METHOD.md §1).
         train: add METHOD.md §4's input augmentation (see :func:`flip_and_blur`).
+        image_resample: the image's resize filter; :func:`image_resample` of the augmentation
+            mode (bicubic in the authors' mode, METHOD.md §8.6).
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class SegmentationDataset(Dataset):
         size: tuple[int, int] | None,
         num_classes: int,
         train: bool,
+        image_resample: Image.Resampling = Image.Resampling.BILINEAR,
     ) -> None:
         self.root = Path(root)
         splits = read_manifest(self.root)["splits"]
@@ -69,6 +74,7 @@ class SegmentationDataset(Dataset):
         self.size = tuple(size) if size is not None else None
         self.num_classes = num_classes
         self.train = train
+        self.image_resample = image_resample
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -78,7 +84,8 @@ class SegmentationDataset(Dataset):
         image = read_image(self.root / entry["image"])
         label = read_label_png(self.root / entry["label"])
         if self.size is not None:
-            image, label = resize_image(image, self.size), resize_label(label, self.size)
+            image = resize_image(image, self.size, self.image_resample)
+            label = resize_label(label, self.size)
         if self.train:
             image, label = flip_and_blur(image, label)
         if self.num_classes == 16:
@@ -88,6 +95,15 @@ class SegmentationDataset(Dataset):
             "label": torch.from_numpy(label.astype(np.int64)),
             "id": entry["id"],
         }
+
+
+def image_resample(augmentation: Augmentation) -> Image.Resampling:
+    """The datasets' image resize filter of an augmentation mode (labels are always nearest):
+    PIL bicubic in the authors' mode (their ``_train_sync_transform`` / ``_val_sync_transform``,
+    METHOD.md §8.6), bilinear in hqtd's."""
+    if augmentation is Augmentation.authors:
+        return Image.Resampling.BICUBIC
+    return Image.Resampling.BILINEAR
 
 
 def flip_and_blur(image: Image.Image, label: np.ndarray) -> tuple[Image.Image, np.ndarray]:

@@ -183,15 +183,16 @@ def read_image(path: Path) -> Image.Image:
         raise HqtdError(f"{path}: cannot decode image ({error})") from None
 
 
-def resize_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resize an RGB image to ``size`` = (W, H), bilinear (a no-op at that size already).
-
-    The authors' datasets (``datasets/*_Dataset.py``) resize with PIL bicubic instead (METHOD.md
-    §8.6, ``method.augmentation=authors``); this resize is hqtd's.
-    """
+def resize_image(
+    image: Image.Image,
+    size: tuple[int, int],
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+) -> Image.Image:
+    """Resize an RGB image to ``size`` = (W, H), bilinear unless ``resample`` says otherwise (the
+    authors' datasets use bicubic, METHOD.md §8.6); a no-op at that size already."""
     if image.size == tuple(size):
         return image
-    return image.resize(tuple(size), Image.Resampling.BILINEAR)
+    return image.resize(tuple(size), resample)
 
 
 def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:

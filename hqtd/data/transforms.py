@@ -9,6 +9,10 @@ perturbation, so the two correspond pixel for pixel and the label takes the crop
     labels = crop_resize(labels, boxes, 512, "nearest")           # (B, 512, 512)
 
 All randomness comes from the ``torch.Generator`` passed in, so a seeded run repeats exactly.
+
+This float version is hqtd's default (``method.augmentation: torchvision``): it keeps the image in
+float, antialiases the shrinking crops and does not truncate to whole uint8 levels after each op;
+:mod:`hqtd.data.authors_transforms` reproduces the authors' uint8 albumentations ops (§8.6).
 """
 
 from __future__ import annotations
