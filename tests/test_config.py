@@ -44,6 +44,7 @@ def test_paper_benchmarks_pick_r101_and_their_weights(benchmark, classes, lambda
                 quirk_classmix_offset=True, quirk_t2s_first_image=True, quirk_proto_first_image=True
             ),
         ),
+        ("official_edge", dict(edge=True, quirk_edge_code=True, quirk_classmix_offset=True)),
     ],
 )
 def test_method_variants(method, switches):
@@ -51,7 +52,7 @@ def test_method_variants(method, switches):
     assert config.method.name == method
     for key, value in switches.items():
         assert getattr(config.method, key) == value, key
-    assert config.model.aspp_branches == (2 if method == "official" else 4)
+    assert config.model.aspp_branches == (2 if method.startswith("official") else 4)
 
 
 def test_cli_override_beats_benchmark_file():

@@ -21,7 +21,7 @@ from hqtd.grid import (
 )
 
 ALL_VARIANTS = ["source_only", "oracle", "source_only_official", "baseline", "t2s", "pixel",
-                "proto", "full", "full_edge", "official"]  # fmt: skip
+                "proto", "full", "full_edge", "official", "official_edge"]  # fmt: skip
 
 
 def test_default_grid_is_demo_with_eight_runs_in_grid_order():
@@ -41,11 +41,11 @@ def test_mini_and_paper_grids_cover_the_variants():
     names its source method, the benchmark files their datasets."""
     mini = load_grid("mini")
     assert list(mini.methods) == ALL_VARIANTS
-    assert len(runs("mini")) == 2 * 10 * 3
+    assert len(runs("mini")) == 2 * 11 * 3
     paper = load_grid("paper")
     assert list(paper.methods) == [v for v in ALL_VARIANTS if v != "oracle"]
     assert set(paper.benchmarks) == {"gta5", "synthia"}
-    assert len(runs("paper")) == 2 * 9 * 3
+    assert len(runs("paper")) == 2 * 10 * 3
     assert grid_names() == ["demo", "mini", "paper"]
     assert paper.target == "cityscapes" and not paper.synthesized
     assert paper.datasets == {"gta5": "gta5", "synthia": "synthia", "cityscapes": "cityscapes"}

@@ -71,8 +71,8 @@ def test_dry_run_lists_every_job_of_the_paper_grid(data_root: Path, tmp_path: Pa
     grid = load_grid("paper")
     jobs = dry_run_jobs(workdir(tmp_path), ("grid=paper", f"data_root={data_root}"))
     check_jobs(jobs, grid, data_root)
-    # prepare; 9 methods (8 listed + source_only_official) x train + 2 evaluations; report
-    assert len(jobs) == 3 + 2 * 9 * 3 * (1 + 2) + 3
+    # prepare; 10 methods (9 listed + source_only_official) x train + 2 evaluations; report
+    assert len(jobs) == 3 + 2 * 10 * 3 * (1 + 2) + 3
     assert not (tmp_path / "results").exists()
     official_starts_from_the_two_branch_source_run(jobs)
 
