@@ -258,6 +258,6 @@ def test_official_with_the_authors_augmentation_is_deterministic_and_changes_onl
     assert first.terms == second.terms
     for a, b in zip(grads_first, grads_second, strict=True):
         assert torch.equal(a, b)
-    default, _ = _run(_config("official"))
+    default, _ = _run(_config("official", augmentation=Augmentation.torchvision))
     assert first.terms["src"] == default.terms["src"]  # step 1 sees the full images, no views
     assert first.terms["st"] != default.terms["st"]
