@@ -95,18 +95,25 @@ def _git(*args: str) -> str | None:
     return result.stdout
 
 
+def _code_paths() -> tuple[str, str]:
+    """The package and ``params/``: the code and configuration a result depends on."""
+    return str(Path(__file__).resolve().parent), str(PARAMS_DIR)
+
+
 def git_revision() -> str:
-    """The code's git commit, ``unknown`` outside a git checkout or without git."""
-    output = _git("rev-parse", "HEAD")
-    return UNKNOWN if output is None else output.strip()
+    """The last commit that changed the package or ``params/`` (``unknown`` outside a git
+    checkout or without git). Not HEAD: committing the results themselves (or the README) must
+    not change what a rerun of the same code records, so that a rerun reproduces them byte for
+    byte."""
+    output = _git("log", "-1", "--format=%H", "--", *_code_paths())
+    return UNKNOWN if not output else output.strip()
 
 
 def git_dirty() -> bool | str:
     """True when the package or ``params/`` differ from the commit (modified or new files);
     ``unknown`` without git. Only these count: the results a workflow writes are tracked files
     too, and must not mark the code that made them dirty."""
-    code = (Path(__file__).resolve().parent, PARAMS_DIR)
-    output = _git("status", "--porcelain", "--", *map(str, code))
+    output = _git("status", "--porcelain", "--", *_code_paths())
     return UNKNOWN if output is None else bool(output.strip())
 
 

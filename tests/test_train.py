@@ -389,7 +389,9 @@ def test_metrics_record_where_they_were_made(
     metrics = json.loads((run_dir / "eval/strict/metrics.json").read_text())
     recorded = metrics["provenance"]
     assert set(recorded) == set(hqtd.provenance.KEYS)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+    # the last commit of the package or params/ (run from the package folder)
+    head = subprocess.run(["git", "log", "-1", "--format=%H", "--", ".", "../params"],
+                          capture_output=True, text=True,
                           cwd=Path(hqtd.__file__).parent).stdout.strip()  # fmt: skip
     assert recorded["git_revision"] == metrics["git_revision"] == head
     assert recorded["git_dirty"] in (True, False)
