@@ -103,11 +103,12 @@ def cpu_kernels(mode: Determinism, threads: int) -> Iterator[None]:
         )
     import torch
 
+    # torch takes ATEN_CPU_CAPABILITY on trust (on a CPU without AVX2 its kernels would crash).
     capability = torch.backends.cpu.get_cpu_capability()
-    if capability != PORTABLE_CAPABILITY:
+    if not torch.cpu._is_avx2_supported() or capability != PORTABLE_CAPABILITY:
         raise HqtdError(
-            f"train.determinism={mode.value} needs an x86-64 CPU with AVX2; torch runs "
-            f"{capability} kernels here"
+            f"train.determinism={mode.value} needs an x86-64 CPU with AVX2 (torch runs "
+            f"{capability} kernels here); use train.determinism=default"
         )
     mkldnn = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
