@@ -196,7 +196,9 @@ def cost(work: Path, rounds: int, iterations: int) -> list:
     source = prepared_gta5("mini_gta5_192x108", 8, (256, 144), resize=(192, 108))
     prepared_gta5("mini_cityscapes", 8, (256, 128))
     common = ["benchmark=mini_gta5", f"data_root={CACHE}", f"benchmark.source.root={source}",
-              "train.checkpoint_every=1000", "train.eval_every=1000"]  # fmt: skip
+              "benchmark.target_val.split=train",  # the fixture has no val split
+              "train.log_every=1", "train.checkpoint_every=1000",
+              "train.eval_every=1000"]  # fmt: skip
     init = source_checkpoint(common, work / "source", 2)
     times: dict[str, list[float]] = {"default": [], "portable": []}
     for round_ in range(rounds):

@@ -629,6 +629,9 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
     checkpoint = prepare_run_dir(config, runtime, resume, identity)
     total = total_iterations(config)
 
+    # The global RNGs that checkpoints save start from the seed: equal runs write equal files.
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
     # Model, EMA (evaluation always uses the EMA weights, in every stage) and optimiser.
     model, ema = initial_model(config)
     memory_format = torch.channels_last if tc.channels_last else torch.preserve_format

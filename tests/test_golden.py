@@ -3,8 +3,9 @@ command must reproduce the hashes committed in ``tests/golden/adaptation.json``.
 
 The runs go through the command in fresh processes, without the pinning variables in their
 environment, so the command's own ``train.determinism=portable`` pinning (the mini benchmarks'
-setting) is what makes the numbers the same on any x86-64 CPU with AVX2. A tiny source-only run
-makes the checkpoint that the ``full`` and ``official`` adaptation runs start from.
+setting) is what is meant to make the numbers the same on any x86-64 CPU with AVX2 (README,
+determinism; bench/RESULTS.md says what was verified). A tiny source-only run makes the
+checkpoint that the ``full`` and ``official`` adaptation runs start from.
 
 What is compared, per run: the SHA-256 of ``train_log.jsonl`` and ``val_log.jsonl`` (the loss
 terms, lr and EMA scores, written with every digit), and of the last checkpoint's model and EMA
