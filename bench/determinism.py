@@ -57,7 +57,7 @@ VARIANTS = [
         {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
         {},
         False,
-    ),  # fmt: skip
+    ),
     ("oneDNN off", "default", {}, {}, True),
     ("portable", "portable", {}, {}, False),
     (
@@ -66,28 +66,28 @@ VARIANTS = [
         {},
         {"ONEDNN_MAX_CPU_ISA": "SSE41"},
         False,
-    ),  # fmt: skip
+    ),
     (
         "portable, MKL_ENABLE_INSTRUCTIONS=SSE4_2",
         "portable",
         {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
         {},
         False,
-    ),  # fmt: skip
+    ),
     (
         "portable, MKL_ENABLE_INSTRUCTIONS=AVX",
         "portable",
         {"MKL_ENABLE_INSTRUCTIONS": "AVX"},
         {},
         False,
-    ),  # fmt: skip
+    ),
     (
         "portable, OMP_NUM_THREADS=2 MKL_NUM_THREADS=2",
         "portable",
         {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"},
         {},
         False,
-    ),  # fmt: skip
+    ),
     ("portable, MKL_CBWR=AVX2", "portable", {}, {"MKL_CBWR": "AVX2"}, False),
     (
         "portable, ATEN_CPU_CAPABILITY=default",
@@ -95,7 +95,7 @@ VARIANTS = [
         {},
         {"ATEN_CPU_CAPABILITY": "default"},
         False,
-    ),  # fmt: skip
+    ),
 ]
 
 
