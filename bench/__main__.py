@@ -34,6 +34,7 @@ SCRIPTS = (
     "adapt_step",
     "dag",
     "gpu_step",
+    "determinism",
     "contrastive",
 )
 

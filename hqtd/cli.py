@@ -47,14 +47,20 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from hqtd.config import load_config
+    from hqtd.determinism import pin_cpu_kernels
 
     config = load_config(args.overrides)  # validate before importing the training stack
+    pin_cpu_kernels(config.train.determinism)  # before anything imports torch
     from hqtd.train import train
 
     train(config)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from hqtd.config import evaluation_config
+    from hqtd.determinism import pin_cpu_kernels
+
+    pin_cpu_kernels(evaluation_config(args.overrides).train.determinism)  # before torch loads
     from hqtd.evaluate import evaluate_command
 
     evaluate_command(args.overrides)
@@ -69,11 +75,15 @@ def _cmd_tables(args: argparse.Namespace) -> None:
 
 
 def _cmd_figures(args: argparse.Namespace) -> None:
+    from hqtd.determinism import pin_cpu_kernels, strictest_mode
     from hqtd.grid import load_grid
-    from hqtd.report.figures import write_figures
 
     grid = load_grid(args.grid)
-    write_figures(args.runs or grid.runs_dir, args.out or grid.figures_dir, grid=grid.name)
+    runs = args.runs or grid.runs_dir
+    pin_cpu_kernels(strictest_mode(runs))  # the qualitative panel runs the models
+    from hqtd.report.figures import write_figures
+
+    write_figures(runs, args.out or grid.figures_dir, grid=grid.name)
 
 
 def _cmd_dvc_yaml(args: argparse.Namespace) -> None:

@@ -236,3 +236,43 @@ def from_yaml(path: Path) -> Config:
         raise HqtdError(f"{path}: not a valid hqtd config: {_one_line(error)}") from None
     assert isinstance(config, Config)
     return config
+
+
+def override_pairs(overrides: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` command-line overrides as a dict (the last of a repeated key wins)."""
+    pairs = {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise HqtdError(f"bad override {override!r}: expected KEY=VALUE")
+        pairs[key] = value
+    return pairs
+
+
+def evaluation_config(overrides: list[str]) -> Config:
+    """The run's saved ``config.yaml`` with the command's overrides applied.
+
+    ``run_dir=DIR`` is required; ``protocol=NAME`` selects ``params/protocol/NAME.yaml``; any other
+    ``key=value`` (``checkpoint=FILE``, ``train.device=cpu``, ...) is merged into the typed schema.
+    """
+    pairs = override_pairs(overrides)
+    if "run_dir" not in pairs:
+        raise HqtdError("missing required override run_dir=DIR (a training run directory)")
+    saved = Path(pairs["run_dir"]) / "config.yaml"
+    if not saved.is_file():
+        raise HqtdError(f"{saved}: not found (run_dir must be a training run directory)")
+    layers = [OmegaConf.structured(from_yaml(saved))]
+    if "protocol" in pairs:
+        name = pairs.pop("protocol")
+        protocol_file = PARAMS_DIR / "protocol" / f"{name}.yaml"
+        if not protocol_file.is_file():
+            available = sorted(p.stem for p in protocol_file.parent.glob("*.yaml"))
+            raise HqtdError(f"protocol={name}: unknown, available: {', '.join(available)}")
+        layers.append({"protocol": OmegaConf.load(protocol_file)})
+    try:
+        layers.append(OmegaConf.from_dotlist([f"{k}={v}" for k, v in pairs.items()]))
+        result = OmegaConf.to_object(OmegaConf.merge(*layers))
+    except (OmegaConfBaseException, ValueError) as error:
+        raise HqtdError(f"bad override: {str(error).splitlines()[0]}") from None
+    assert isinstance(result, Config)
+    return result

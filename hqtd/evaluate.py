@@ -16,14 +16,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hqtd.config import PARAMS_DIR, Config, ModelConfig, Precision, from_yaml
+from hqtd.config import ModelConfig, Precision, evaluation_config, override_pairs
 from hqtd.data.datasets import SegmentationDataset, image_resample
 from hqtd.data.labels import class_names
+from hqtd.determinism import cpu_kernels
 from hqtd.errors import HqtdError
 from hqtd.io import atomic_path, write_json
 from hqtd.metrics import ConfusionMatrix
@@ -150,17 +149,6 @@ def selection_score(scores: dict) -> float:
     return -math.inf if value is None else value
 
 
-def override_pairs(overrides: list[str]) -> dict[str, str]:
-    """``KEY=VALUE`` command-line overrides as a dict (the last of a repeated key wins)."""
-    pairs = {}
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep or not key:
-            raise HqtdError(f"bad override {override!r}: expected KEY=VALUE")
-        pairs[key] = value
-    return pairs
-
-
 def authors_conventions(model: ModelConfig, given: Collection[str]) -> tuple[ModelConfig, str]:
     """The network the authors' checkpoints were trained and scored with (METHOD.md §8.1, §2
     quirk): bilinear ``align_corners=True`` upsampling and 2 ASPP branches, each unless the user
@@ -172,35 +160,6 @@ def authors_conventions(model: ModelConfig, given: Collection[str]) -> tuple[Mod
     applied = {k: v for k, v in AUTHORS_MODEL.items() if f"model.{k}" not in given}
     described = ", ".join(f"model.{k}={str(v).lower()}" for k, v in applied.items())
     return dataclasses.replace(model, **applied), described
-
-
-def evaluation_config(overrides: list[str]) -> Config:
-    """The run's saved ``config.yaml`` with the command's overrides applied.
-
-    ``run_dir=DIR`` is required; ``protocol=NAME`` selects ``params/protocol/NAME.yaml``; any other
-    ``key=value`` (``checkpoint=FILE``, ``train.device=cpu``, ...) is merged into the typed schema.
-    """
-    pairs = override_pairs(overrides)
-    if "run_dir" not in pairs:
-        raise HqtdError("missing required override run_dir=DIR (a training run directory)")
-    saved = Path(pairs["run_dir"]) / "config.yaml"
-    if not saved.is_file():
-        raise HqtdError(f"{saved}: not found (run_dir must be a training run directory)")
-    layers = [OmegaConf.structured(from_yaml(saved))]
-    if "protocol" in pairs:
-        name = pairs.pop("protocol")
-        protocol_file = PARAMS_DIR / "protocol" / f"{name}.yaml"
-        if not protocol_file.is_file():
-            available = sorted(p.stem for p in protocol_file.parent.glob("*.yaml"))
-            raise HqtdError(f"protocol={name}: unknown, available: {', '.join(available)}")
-        layers.append({"protocol": OmegaConf.load(protocol_file)})
-    try:
-        layers.append(OmegaConf.from_dotlist([f"{k}={v}" for k, v in pairs.items()]))
-        result = OmegaConf.to_object(OmegaConf.merge(*layers))
-    except (OmegaConfBaseException, ValueError) as error:
-        raise HqtdError(f"bad override: {str(error).splitlines()[0]}") from None
-    assert isinstance(result, Config)
-    return result
 
 
 def evaluate_command(overrides: list[str]) -> None:
@@ -252,16 +211,17 @@ def evaluate_command(overrides: list[str]) -> None:
         train=False,
         image_resample=image_resample(config.method.augmentation),
     )
-    conf = evaluate_model(
-        model,
-        val,
-        num_classes,
-        input_size=target_size,
-        device=device,
-        precision=config.train.precision,
-        channels_last=config.train.channels_last,
-        num_workers=config.train.num_workers,
-    )
+    with cpu_kernels(config.train.determinism, config.train.threads):
+        conf = evaluate_model(
+            model,
+            val,
+            num_classes,
+            input_size=target_size,
+            device=device,
+            precision=config.train.precision,
+            channels_last=config.train.channels_last,
+            num_workers=config.train.num_workers,
+        )
     metrics = {
         "benchmark": config.benchmark.name,
         "method": config.method.name,

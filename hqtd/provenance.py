@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 from hqtd import __version__
 from hqtd.codedeps import code_fingerprint
 from hqtd.config import PARAMS_DIR, Config
+from hqtd.determinism import PORTABLE_ENV
 from hqtd.io import file_sha256
 
 if TYPE_CHECKING:
     import torch
 
-#: Environment variables that pin CPU kernels (DESIGN.md, determinism), recorded as found.
-PINNING_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")
+#: Environment variables that pin CPU kernels (hqtd.determinism), recorded as found.
+PINNING_VARIABLES = tuple(PORTABLE_ENV)
 #: The flat provenance keys of ``metrics.json`` and the provenance columns of ``runs.csv``.
 KEYS = (
     "git_revision", "git_dirty", "hqtd_version", "torch_version", "cuda_version",

@@ -49,6 +49,7 @@ from hqtd.adapt.step import adaptation_step, supervised_step
 from hqtd.config import Config, DatasetConfig, OnChange, Stage, from_yaml, to_yaml
 from hqtd.data.datasets import SegmentationDataset, image_resample
 from hqtd.data.labels import class_names
+from hqtd.determinism import cpu_kernels
 from hqtd.errors import HqtdError
 from hqtd.evaluate import (
     autocast,
@@ -260,9 +261,13 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically write a training checkpoint (a kill leaves the previous file intact)."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **state, "rng": rng_states()}, tmp)
+    """Atomically write a training checkpoint (a kill leaves the previous file intact).
+
+    Saved through an open file: given a path, torch.save names the zip archive inside after the
+    (random) temporary file, so equal checkpoints would differ in their bytes.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save({"format": CHECKPOINT_FORMAT, **state, "rng": rng_states()}, handle)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -553,8 +558,9 @@ def train(config: Config) -> None:
 
     Raises:
         HqtdError: a stage the benchmark cannot run, a missing or mismatched initial checkpoint,
-            a run_dir holding another computation (unless ``train.on_change=restart``), or a
-            non-finite loss.
+            a run_dir holding another computation (unless ``train.on_change=restart``), a
+            non-finite loss, or a ``train.determinism`` this process cannot hold
+            (:func:`hqtd.determinism.cpu_kernels`).
     """
     identity = run_identity(config)
     # Decided by every process before any of them changes the directory: under torchrun, rank 0
@@ -565,13 +571,14 @@ def train(config: Config) -> None:
         return
     check_stage(config)
     deterministic = torch.are_deterministic_algorithms_enabled()
-    runtime = setup_runtime(config)
-    try:
-        run(config, runtime, resume=state == "resume", identity=identity)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)  # leave the caller's process as it was
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    with cpu_kernels(config.train.determinism, config.train.threads):
+        runtime = setup_runtime(config)
+        try:
+            run(config, runtime, resume=state == "resume", identity=identity)
+        finally:
+            torch.use_deterministic_algorithms(deterministic)  # leave the caller's process as is
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def build_optimizer(model: nn.Module, config: Config) -> tuple[torch.optim.SGD, list[float]]:
@@ -622,6 +629,9 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
     checkpoint = prepare_run_dir(config, runtime, resume, identity)
     total = total_iterations(config)
 
+    # The global RNGs that checkpoints save start from the seed: equal runs write equal files.
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
     # Model, EMA (evaluation always uses the EMA weights, in every stage) and optimiser.
     model, ema = initial_model(config)
     memory_format = torch.channels_last if tc.channels_last else torch.preserve_format

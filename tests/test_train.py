@@ -226,6 +226,27 @@ def test_checkpoint_round_trip(tmp_path: Path):
     assert state_dicts_equal(fresh.state_dict(), ema_state)
 
 
+def test_checkpoint_files_of_equal_states_are_byte_identical(tmp_path: Path):
+    """The archive inside a torch.save file is named after the file it is saved to: a save to a
+    random temporary name would make equal checkpoints differ in their bytes."""
+    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "iteration": 3}
+    payloads = []
+    for name in ("a", "b"):  # nothing draws in between: both files hold the same RNG states
+        save_checkpoint(tmp_path / name / "last.pt", state)
+        payloads.append((tmp_path / name / "last.pt").read_bytes())
+    assert payloads[0] == payloads[1]
+
+
+def test_equal_runs_write_byte_identical_checkpoints(data_root: Path, tmp_path: Path):
+    args = ["method=source_only", "train.source_only_iterations=2", "train.eval_every=2"]
+    for name in ("a", "b"):
+        random.random(), np.random.random()  # whatever the global RNGs held before the run
+        train(load_config(run_args(data_root, tmp_path / name, *args)))
+    for name in ("last.pt", "best.pt"):
+        a, b = (tmp_path / run / "checkpoints" / name for run in ("a", "b"))
+        assert a.read_bytes() == b.read_bytes(), name
+
+
 def test_load_checkpoint_refuses_other_files(tmp_path: Path):
     path = tmp_path / "weights.pt"
     torch.save({"conv.weight": torch.zeros(1)}, path)

@@ -23,11 +23,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from hqtd.config import evaluation_config
 from hqtd.data.datasets import SegmentationDataset
 from hqtd.data.formats import decode_label, list_samples, read_image
 from hqtd.data.labels import colorize
+from hqtd.determinism import cpu_kernels
 from hqtd.errors import HqtdError
-from hqtd.evaluate import evaluation_config, images_to_float, resolve_device
+from hqtd.evaluate import images_to_float, resolve_device
 from hqtd.grid import SUPERVISED_STAGES, method_stage
 from hqtd.io import atomic_path
 from hqtd.models.checkpoints import load_weights
@@ -145,7 +147,8 @@ def predict(run_dir: Path, protocol: str, indices: list[int]) -> tuple[list, lis
     for index in indices:
         item = val[index]
         image = images_to_float(item["image"][None], device, False)
-        logits = model(image, aux=False).main  # (1,C,H,W)
+        with cpu_kernels(config.train.determinism, config.train.threads):
+            logits = model(image, aux=False).main  # (1,C,H,W)
         images.append(item["image"].permute(1, 2, 0).numpy())
         labels.append(item["label"].numpy())
         preds.append(logits.argmax(1)[0].cpu().numpy())
