@@ -176,6 +176,8 @@ def evaluate_command(overrides: list[str]) -> None:
     ``metrics.json`` also records where it was made: ``provenance`` (:mod:`hqtd.provenance`: the
     git revision, versions, device, threads, determinism settings and ``data``, one hash over the
     ``data_manifests`` of the benchmark, which are listed with their own hashes).
+    ``run_finished`` records whether the run had written its ``done`` marker: an unfinished run
+    (still training, or killed) is scored as it stands, with a line saying so.
     """
     config = evaluation_config(overrides)
     run_dir = Path(config.run_dir)
@@ -232,6 +234,7 @@ def evaluate_command(overrides: list[str]) -> None:
             "checkpoint": checkpoint_name,
         },
         "iteration": checkpoint_iteration(path),
+        "run_finished": (run_dir / "done").exists(),
         "weights": {"requested": config.weights.value, "entry": loaded.entry},
         "num_classes": num_classes,
         "class_names": list(class_names(num_classes)),
@@ -244,6 +247,11 @@ def evaluate_command(overrides: list[str]) -> None:
         "provenance": provenance | {"data": combined_hash(manifests)},
         "data_manifests": manifests,
     }
+    if not metrics["run_finished"]:
+        print(
+            f"{run_dir}: unfinished run (no done marker), scored at iteration "
+            f"{metrics['iteration']}; recorded as run_finished: false in metrics.json"
+        )
     out = run_dir / "eval" / config.protocol.name
     with atomic_path(out / "confusion.npy") as tmp, open(tmp, "wb") as handle:
         np.save(handle, conf.numpy().astype(np.int64))

@@ -66,6 +66,7 @@ TINY = [
 METRICS_KEYS = {
     "benchmark", "method", "seed", "protocol", "iteration", "git_revision", "num_classes",
     "class_names", "iou", "mIoU", "pixel_accuracy", "weights", "provenance", "data_manifests",
+    "run_finished",
 }  # fmt: skip
 
 
