@@ -728,6 +728,17 @@ def validate(ema: ModelEMA, val_set: Dataset, config: Config, runtime: Runtime) 
 def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]) -> None:
     """The training loop (see :func:`train`)."""
     tc, device, run_dir = config.train, runtime.device, Path(config.run_dir)
+    # Data, opened (manifests checked) before the run directory changes: the labelled set
+    # (source; target for the oracle), the unlabelled target set and target val.
+    labelled_set, target_set = stage_datasets(config)
+    val_set = SegmentationDataset(
+        config.benchmark.target_val.root,
+        config.benchmark.target_val.split,
+        tuple(config.benchmark.target_size),  # the paper protocol: labels resized too
+        config.benchmark.num_classes,
+        train=False,
+        image_resample=image_resample(config.method.augmentation),
+    )
     checkpoint = prepare_run_dir(config, runtime, resume, identity)
     total = total_iterations(config)
 
@@ -758,18 +769,8 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
             "best_score": best_score,
         }
 
-    # Data: the labelled stream (source; target for the oracle), the unlabelled target stream.
-    labelled_set, target_set = stage_datasets(config)
     labelled = batches(labelled_set, SOURCE_STREAM, start, config, runtime)
     target = batches(target_set, TARGET_STREAM, start, config, runtime) if target_set else None
-    val_set = SegmentationDataset(
-        config.benchmark.target_val.root,
-        config.benchmark.target_val.split,
-        tuple(config.benchmark.target_size),  # the paper protocol: labels resized too
-        config.benchmark.num_classes,
-        train=False,
-        image_resample=image_resample(config.method.augmentation),
-    )
     # The authors' epoch (METHOD.md §8.5) paces validation and the EMA's BN buffer copies when set.
     epoch = None
     if tc.eval_per_epoch or config.method.quirk_ema_bn_per_epoch:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import struct
 import zipfile
@@ -25,6 +26,7 @@ from test_train import (
 
 from hqtd.cli import main
 from hqtd.config import load_config
+from hqtd.data.datasets import SegmentationDataset
 from hqtd.errors import HqtdError
 from hqtd.io import plain_file_mode, sweep_temporaries, write_text
 from hqtd.train import LOCK_FILE, load_checkpoint, run_dir_lock, save_checkpoint, train
@@ -243,3 +245,43 @@ def test_run_dir_below_a_file_is_one_line(
     err = one_line_error(capsys, ["train", *run_args(data_root, blocker / "a", *SHORT_SOURCE_ONLY)])
     assert str(blocker / "a") in err and "cannot write here" in err
     assert blocker.read_text() == "a file where a folder should be\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Manifests, checked when a dataset is opened
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        ([], "split 'train' lists no samples"),
+        ([{"id": "a", "image": "images/a.png"}], "entry 0 has no label"),
+        ([{"id": "a", "image": "a.png", "label": "a.png"}, "b"], "entry 1 has no id, image, label"),
+    ],
+    ids=["empty split", "no label", "not an object"],
+)
+def test_bad_manifest_entries_fail_when_the_dataset_opens(
+    tmp_path: Path, entries: list, expected: str
+):
+    (tmp_path / "manifest.json").write_text(json.dumps({"splits": {"train": entries}}))
+    with pytest.raises(HqtdError, match=expected) as info:
+        SegmentationDataset(tmp_path, "train", None, 19, train=True)
+    assert str(tmp_path / "manifest.json") in str(info.value)
+
+
+def test_manifest_without_label_stops_train_before_anything_is_written(
+    data_root: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+):
+    data = tmp_path / "data"
+    shutil.copytree(data_root / "prepared", data / "prepared")
+    manifest_path = data / "prepared" / "mini_gta5" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["splits"]["train"][1]["label"]
+    manifest_path.write_text(json.dumps(manifest))
+    run_dir = tmp_path / "run"
+    args = [f"data_root={data}", f"run_dir={run_dir}", *run_args(data_root, run_dir)[2:]]
+    err = one_line_error(capsys, ["train", *args, *SHORT_SOURCE_ONLY])
+    assert f"{manifest_path}: split 'train' entry 1 has no label" in err
+    assert not run_dir.exists()  # nothing written, not even config.yaml
