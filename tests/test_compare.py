@@ -126,3 +126,17 @@ def test_warns_once_per_differing_provenance_key(repo):
     ]  # the git revision differs by design: not warned
     older = [line for line in compare("HEAD~1", "HEAD", "demo").splitlines() if "Warning" in line]
     assert older == ["Warning: A records no provenance (older runs.csv)."]
+
+
+@pytest.mark.parametrize("cut", ["mid-row", "mid-field"])
+def test_truncated_runs_csv_is_refused_in_one_line(repo, capsys, cut):
+    path = repo / "results" / "tables" / "demo" / "runs.csv"
+    text = path.read_text()
+    # mid-row: half of the last row (fields missing); mid-field: only the last digit lost
+    path.write_text(text[: -len(text.splitlines()[-1]) // 2] if cut == "mid-row" else text[:-2])
+    before = path.read_bytes()
+    assert main(["compare", "HEAD"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "runs.csv" in err and "truncated" in err
+    assert path.read_bytes() == before

@@ -11,6 +11,7 @@ settings mix the change with those.
 
 from __future__ import annotations
 
+import csv
 import io
 import subprocess
 from pathlib import Path
@@ -62,8 +63,9 @@ def read_runs(csv_text: str, origin: str) -> pd.DataFrame:
     """Parse a ``runs.csv`` (provenance columns as text).
 
     Raises:
-        HqtdError: the text is not a ``runs.csv`` written by ``hqtd tables``.
+        HqtdError: the text is not a ``runs.csv`` written by ``hqtd tables``, or is cut short.
     """
+    check_complete_rows(csv_text, origin)
     try:
         frame = pd.read_csv(
             io.StringIO(csv_text),
@@ -77,6 +79,25 @@ def read_runs(csv_text: str, origin: str) -> pd.DataFrame:
         raise HqtdError(f"{origin}: not an hqtd runs.csv, missing {', '.join(sorted(missing))}")
     frame["iou"] = pd.to_numeric(frame["iou"])  # empty (undefined IoU) -> NaN
     return frame
+
+
+def check_complete_rows(csv_text: str, origin: str) -> None:
+    """Refuse a truncated file: ``hqtd tables`` ends every row with a newline and gives each as
+    many fields as the header (pandas would fill a half row's missing fields and go on).
+
+    Raises:
+        HqtdError: the last line is unfinished, or a row has another number of fields.
+    """
+    if csv_text and not csv_text.endswith("\n"):
+        raise HqtdError(f"{origin}: truncated (its last line is unfinished); regenerate it")
+    rows = list(csv.reader(io.StringIO(csv_text)))
+    width = len(rows[0]) if rows else 0
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != width:
+            raise HqtdError(
+                f"{origin}: line {number} has {len(row)} fields, the header {width}; "
+                "truncated or damaged, regenerate it"
+            )
 
 
 def seed_statistics(frame: pd.DataFrame) -> pd.DataFrame:
