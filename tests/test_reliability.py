@@ -285,3 +285,45 @@ def test_manifest_without_label_stops_train_before_anything_is_written(
     err = one_line_error(capsys, ["train", *args, *SHORT_SOURCE_ONLY])
     assert f"{manifest_path}: split 'train' entry 1 has no label" in err
     assert not run_dir.exists()  # nothing written, not even config.yaml
+
+
+# ----------------------------------------------------------------------------------------------
+# Output folders that cannot be written
+
+
+def test_synth_out_below_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x\n")
+    err = one_line_error(capsys, ["synth", "--out", str(blocker / "raw")])
+    assert str(blocker / "raw") in err and "cannot write here (Not a directory)" in err
+    assert blocker.read_text() == "x\n"
+
+
+def test_tables_out_below_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):
+    runs = Path(__file__).parent.parent / "results" / "runs" / "demo"
+    blocker = tmp_path / "afile"
+    blocker.write_text("x\n")
+    err = one_line_error(capsys, ["tables", "--runs", str(runs), "--out", str(blocker / "t")])
+    assert str(blocker / "t") in err and "cannot write here" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_run_and_eval_folders_are_one_line(
+    data_root: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+):
+    interrupted_run(data_root, tmp_path, monkeypatch)
+    before = tree(tmp_path)
+    for folder in (tmp_path, tmp_path / "checkpoints"):
+        folder.chmod(0o555)
+    try:
+        err = one_line_error(capsys, ["train", *run_args(data_root, tmp_path, *SHORT_SOURCE_ONLY)])
+        assert "cannot write here" in err
+        err = one_line_error(capsys, ["evaluate", f"run_dir={tmp_path}", "protocol=strict"])
+        assert "cannot write here" in err and str(tmp_path / "eval") in err
+    finally:
+        for folder in (tmp_path, tmp_path / "checkpoints"):
+            folder.chmod(0o755)
+    assert tree(tmp_path) == before
