@@ -73,15 +73,22 @@ def test_checksum_catches_a_flipped_byte_and_leaves_the_tensors_unchanged(tmp_pa
         load_checkpoint(path)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """The run directory of SHORT_SOURCE_ONLY trained without interruption."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    train(load_config(run_args(data_root, run_dir, *SHORT_SOURCE_ONLY, "train.num_workers=0")))
+    return run_dir
+
+
 def test_damaged_last_checkpoint_resumes_from_best_to_the_uninterrupted_result(
     data_root: Path,  # noqa: F811
+    uninterrupted: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ):
     args = [*SHORT_SOURCE_ONLY, "train.num_workers=0"]
-    reference = tmp_path / "reference"
-    train(load_config(run_args(data_root, reference, *args)))
     run_dir = tmp_path / "run"
     interrupted_run(data_root, run_dir, monkeypatch)  # last.pt and best.pt at iteration 2
     flip_tensor_byte(run_dir / "checkpoints" / "last.pt")
@@ -91,23 +98,22 @@ def test_damaged_last_checkpoint_resumes_from_best_to_the_uninterrupted_result(
     assert "last.pt: damaged checkpoint" in out and "resuming from" in out and "best.pt" in out
     assert [r["iteration"] for r in read_jsonl(run_dir / "train_log.jsonl")] == [1, 2, 3, 4]
     for name in ("last.pt", "best.pt"):  # byte-identical to the run that was never interrupted
-        a, b = (d / "checkpoints" / name for d in (reference, run_dir))
+        a, b = (d / "checkpoints" / name for d in (uninterrupted, run_dir))
         assert a.read_bytes() == b.read_bytes(), name
 
 
 def test_resumed_checkpoints_are_byte_identical_to_uninterrupted_ones(
     data_root: Path,  # noqa: F811
+    uninterrupted: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ):
     args = [*SHORT_SOURCE_ONLY, "train.num_workers=0"]
-    reference = tmp_path / "reference"
-    train(load_config(run_args(data_root, reference, *args)))
     run_dir = tmp_path / "run"
     interrupted_run(data_root, run_dir, monkeypatch)
     train(load_config(run_args(data_root, run_dir, *args)))
     for name in ("last.pt", "best.pt"):
-        a, b = (d / "checkpoints" / name for d in (reference, run_dir))
+        a, b = (d / "checkpoints" / name for d in (uninterrupted, run_dir))
         assert a.read_bytes() == b.read_bytes(), name
 
 
