@@ -335,15 +335,25 @@ def _nanmean_last(values: np.ndarray) -> np.ndarray:
         return np.where(defined.any(-1), total / defined.sum(-1), np.nan)
 
 
-def resampled_mean_iou(
-    intersection: np.ndarray, union: np.ndarray, weights: np.ndarray
-) -> np.ndarray:
-    """Mean IoU of each resample: ``weights`` (D, N) counts how often each image is drawn;
-    (N, C) counts -> (D,) mean over the classes defined in that resample."""
-    inter = weights @ intersection.astype(np.float64)  # (D, C)
+def resampled_iou(intersection: np.ndarray, union: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per-class IoU of each resample: ``weights`` (D, N) counts how often each image is drawn;
+    (N, C) counts -> (D, C), NaN where a class's resampled union is empty."""
+    inter = weights @ intersection.astype(np.float64)
     total = weights @ union.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return _nanmean_last(np.where(total > 0, inter / total, np.nan))
+        return np.where(total > 0, inter / total, np.nan)
+
+
+def resampled_mean_iou(
+    intersection: np.ndarray,
+    union: np.ndarray,
+    weights: np.ndarray,
+    subset: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Mean IoU of each resample over the classes defined in it (optionally a subset of class
+    indices, e.g. the 13 of mIoU13): (D,)."""
+    iou = resampled_iou(intersection, union, weights)
+    return _nanmean_last(iou if subset is None else iou[:, list(subset)])
 
 
 def image_resamples(num_images: int, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -359,7 +369,12 @@ def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, 
 
 
 def bootstrap_mean_iou(
-    intersection: np.ndarray, union: np.ndarray, draws: int, confidence: float, seed: int = 0
+    intersection: np.ndarray,
+    union: np.ndarray,
+    draws: int,
+    confidence: float,
+    seed: int = 0,
+    subset: Sequence[int] | None = None,
 ) -> tuple[float, float]:
     """Per-image bootstrap interval of the dataset's mean IoU (images resampled with
     replacement, counts summed, mean over defined classes; percentile method).
@@ -368,7 +383,8 @@ def bootstrap_mean_iou(
         intersection, union: (N_images, C) counts of one run.
     """
     weights = image_resamples(len(intersection), draws, np.random.default_rng(seed))
-    return percentile_interval(resampled_mean_iou(intersection, union, weights), confidence)
+    resampled = resampled_mean_iou(intersection, union, weights, subset)
+    return percentile_interval(resampled, confidence)
 
 
 def paired_delta_interval(
@@ -376,6 +392,7 @@ def paired_delta_interval(
     draws: int,
     confidence: float,
     seed: int = 0,
+    subset: Sequence[int] | None = None,
 ) -> tuple[float, float, float]:
     """Mean IoU difference B - A, paired by seed, with a bootstrap interval.
 
@@ -385,6 +402,7 @@ def paired_delta_interval(
 
     Args:
         pairs: per seed, (A intersection, A union, B intersection, B union), (N, C) each.
+        subset: class indices of the mean (None: all).
 
     Returns:
         (delta, low, high) as fractions.
@@ -393,15 +411,17 @@ def paired_delta_interval(
     weights = image_resamples(len(pairs[0][0]), draws, rng)
     per_seed = np.stack(  # (D, S) resampled differences
         [
-            resampled_mean_iou(bi, bu, weights) - resampled_mean_iou(ai, au, weights)
+            resampled_mean_iou(bi, bu, weights, subset)
+            - resampled_mean_iou(ai, au, weights, subset)
             for ai, au, bi, bu in pairs
         ],
         axis=1,
     )
+    once = np.ones((1, len(pairs[0][0])))  # every image once: the measured values
     point = float(
         np.mean(
             [
-                _nanmean_last(iou_from_counts(bi, bu)) - _nanmean_last(iou_from_counts(ai, au))
+                resampled_mean_iou(bi, bu, once, subset) - resampled_mean_iou(ai, au, once, subset)
                 for ai, au, bi, bu in pairs
             ]
         )
