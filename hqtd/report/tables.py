@@ -140,6 +140,7 @@ def read_run(metrics_path: Path, scoring: ScoringConfig | None = None) -> RunSco
     means = summary(conf)
     recorded = meta.get("provenance") or {"git_revision": meta.get("git_revision")}
     per_image = read_per_image(metrics_path.with_name("per_image.npz"), len(names))
+    check_per_image(per_image, conf, metrics_path.with_name("per_image.npz"))
     headline = headline_subsets(len(names))
     extra = extra_columns(per_image, headline, scoring or ScoringConfig())
     return RunScores(
@@ -179,6 +180,21 @@ def read_per_image(path: Path, num_classes: int) -> dict[str, np.ndarray]:
     if any(a.ndim != 2 or a.shape[1] != num_classes for a in arrays.values()):
         raise HqtdError(f"{path}: expected (images, {num_classes}) count arrays")
     return arrays
+
+
+def check_per_image(per_image: dict[str, np.ndarray], conf: np.ndarray, path: Path) -> None:
+    """The per-image IoU counts must sum to the confusion matrix of the same evaluation.
+
+    Raises:
+        HqtdError: they do not (files of two evaluations mixed).
+    """
+    if not per_image:
+        return
+    diagonal = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - diagonal
+    summed = (per_image["iou_intersection"].sum(0), per_image["iou_union"].sum(0))
+    if not (np.array_equal(summed[0], diagonal) and np.array_equal(summed[1], union)):
+        raise HqtdError(f"{path}: per-image counts do not sum to confusion.npy")
 
 
 def scores_of(per_image: dict[str, np.ndarray]) -> list[str]:
@@ -521,7 +537,7 @@ def _boundary_tables(
             lookup = _value_lookup(measured, score)
             for metric in metrics[bench]:
                 columns.append((bench, score, metric))
-                labels.append(f"{bench} {_score_label(score)} {metric}")
+                labels.append(f"{bench} {_score_label(score, metric)}")
                 for method in methods:
                     cells[method].append(aggregate(lookup.get((bench, proto, method, metric), [])))
     rows = [Row(m, tuple(cells[m]), competing=m not in NOT_COMPETING) for m in methods]
@@ -535,9 +551,14 @@ def _boundary_tables(
     return tables + ([delta] if delta is not None else [])
 
 
-def _score_label(score: str) -> str:
-    """``boundary_iou`` -> ``BIoU``, ``trimap8_iou`` -> ``trimap8``."""
-    return "BIoU" if score == BOUNDARY_SCORE else score.removesuffix("_iou")
+def _score_label(score: str, metric: str) -> str:
+    """A headline mean of a score: mIoU19 of ``iou``, mBIoU19 of ``boundary_iou``, "trimap8
+    mIoU19" of ``trimap8_iou``."""
+    if score == "iou":
+        return metric
+    if score == BOUNDARY_SCORE:
+        return metric.replace("mIoU", "mBIoU")
+    return f"{score.removesuffix('_iou')} {metric}"
 
 
 def _delta_table(
@@ -568,9 +589,7 @@ def _delta_table(
             ]
             cells.append(_delta_cell(pairs, score, subsets[bench][metric], scoring))
         rows.append(Row(method, tuple(cells), competing=False))
-    labels = tuple(
-        f"{b} Δ{_score_label(score) if score != 'iou' else ''}{m}" for b, score, m in columns
-    )
+    labels = tuple(f"{b} Δ{_score_label(score, m)}" for b, score, m in columns)
     caption = (
         f"Paired difference to {REFERENCE_METHOD}, {proto} protocol: method minus "
         f"{REFERENCE_METHOD} of the same seed (percentage points), mean over the n seeds run by "
