@@ -167,3 +167,17 @@ def test_compare_shows_paired_intervals_between_revisions(tmp_path, monkeypatch)
     assert same.strip("|").split("|")[-1].strip() == "[+0.00, +0.00] (n=2)"
     assert "### mini_gta5, paper protocol: boundary_iou" in report
     assert "### mini_gta5, paper protocol: trimap4_iou" in report
+
+
+def test_cli_bootstrap_options_reach_the_tables_and_are_checked(runs, tmp_path, capsys):
+    from hqtd.cli import main
+
+    out = tmp_path / "out"
+    args = ["tables", "--grid", "mini", "--runs", str(runs), "--out", str(out)]
+    args += ["--bootstrap-draws", "50"]
+    assert main([*args, "--confidence", "0.9"]) == 0
+    assert "90% bootstrap interval" in (out / "ablation_delta_paper.md").read_text()
+    assert "(50 draws" in (out / "ablation_delta_paper.md").read_text()
+    assert main([*args, "--confidence", "1.5"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "hqtd tables: error: scoring.confidence=1.5: expected a level in (0, 1)"

@@ -543,7 +543,8 @@ def _boundary_tables(
     rows = [Row(m, tuple(cells[m]), competing=m not in NOT_COMPETING) for m in methods]
     title = (
         f"Boundary quality, {proto} protocol: mean IoU (%) of the Boundary IoU regions "
-        "(Cheng et al. 2021) and of trimap bands of w px around ground-truth boundaries"
+        "(Cheng et al. 2021; width d: each metrics.json's boundary_px) and of the trimap bands "
+        "of w px around ground-truth boundaries"
     )
     caption = _caption(title, rows)
     tables = [Table(f"boundary_{proto}", caption, "method", tuple(labels), tuple(rows))]
