@@ -174,12 +174,45 @@ class ProtocolConfig:
 
 
 @dataclass
+class ScoringConfig:
+    """What ``hqtd evaluate`` measures besides mIoU, and its bootstrap intervals (issue 14)."""
+
+    # Boundary IoU width d as a fraction of the label image's diagonal: Cheng et al.'s 0.02
+    # (29 px at 1280x640, 46 px at 2048x1024, 4 px at the mini 192x96), so it scales with the
+    # protocol's label size instead of meaning something else at every resolution.
+    boundary_dilation_ratio: float = 0.02
+    trimap_widths: list[int] = field(default_factory=lambda: [4, 8, 16])  # band widths, px
+    bootstrap_draws: int = 1000  # resamples of the val images (and seeds) per interval
+    confidence: float = 0.95  # of the percentile intervals
+    bootstrap_seed: int = 0  # the resampling's RNG seed (intervals are reproducible)
+
+
+def checked_scoring(scoring: ScoringConfig, where: str = "scoring") -> ScoringConfig:
+    """``scoring`` unchanged, or a one-line error naming the first key out of range.
+
+    Raises:
+        HqtdError: a non-positive ratio, width or draw count, or a confidence outside (0, 1).
+    """
+    problems = {  # key -> (out of range, what was expected)
+        "boundary_dilation_ratio": (scoring.boundary_dilation_ratio <= 0, "a ratio > 0"),
+        "trimap_widths": (any(w < 1 for w in scoring.trimap_widths), "widths >= 1 px"),
+        "bootstrap_draws": (scoring.bootstrap_draws < 1, "at least 1 draw"),
+        "confidence": (not 0 < scoring.confidence < 1, "a level in (0, 1)"),
+    }
+    for key, (bad, expected) in problems.items():
+        if bad:
+            raise HqtdError(f"{where}.{key}={getattr(scoring, key)}: expected {expected}")
+    return scoring
+
+
+@dataclass
 class Config:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     seed: int = 0
     data_root: str = "data"  # raw datasets in data_root/raw, prepared ones in data_root/prepared
     run_dir: str = MISSING

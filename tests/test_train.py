@@ -66,7 +66,7 @@ TINY = [
 METRICS_KEYS = {
     "benchmark", "method", "seed", "protocol", "iteration", "git_revision", "num_classes",
     "class_names", "iou", "mIoU", "pixel_accuracy", "weights", "provenance", "data_manifests",
-    "run_finished",
+    "run_finished", "boundary_px", "boundary_iou", "mBIoU", "trimap_mIoU", "intervals",
 }  # fmt: skip
 
 
@@ -368,6 +368,14 @@ def test_adaptation_is_deterministic_and_evaluates_both_protocols(
     val = SegmentationDataset(data_root / "prepared/mini_cityscapes", "val", None, 19, train=False)
     assert conf.sum() == sum(int((item["label"] != 255).sum()) for item in val)  # full size
     assert strict["mIoU"] == pytest.approx(100 * summary(conf)["mIoU"])
+    # per-image counts of the same pass: they sum to the matrix; one row per val image
+    per_image = np.load(a / "eval/strict/per_image.npz")
+    assert per_image["iou_intersection"].shape == (len(val), 19)
+    np.testing.assert_array_equal(per_image["iou_intersection"].sum(0), np.diag(conf))
+    assert set(strict["trimap_mIoU"]) == {"4", "8", "16"}
+    assert paper["boundary_px"] == 1  # 0.02 x the 64x32 diagonal = 1.4
+    low, high = paper["intervals"]["mIoU"]
+    assert low <= paper["mIoU"] <= high and paper["intervals"]["draws"] == 1000
     # paper metrics of the best checkpoint equal its periodic validation entry
     best = max(read_jsonl(a / "val_log.jsonl"), key=lambda r: r["mIoU"])
     assert paper["mIoU"] == pytest.approx(best["mIoU"])
