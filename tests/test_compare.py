@@ -71,8 +71,12 @@ def test_deltas_between_two_commits_with_seed_spread(repo):
     road = line_of(report, "full", "road")
     mean_a, mean_b = statistics.mean([80, 82]), statistics.mean([85, 88])
     assert road[2:5] == [f"{mean_a:.2f}", f"{mean_b:.2f}", f"{mean_b - mean_a:+.2f}"]
-    assert road[5:] == [f"{statistics.stdev([80, 82]):.2f}", f"{statistics.stdev([85, 88]):.2f}",
-                        "2 / 2", ""]  # fmt: skip  (no per_image.npz: no interval)
+    assert road[5:] == [
+        f"{statistics.stdev([80, 82]):.2f}",
+        f"{statistics.stdev([85, 88]):.2f}",
+        "2 / 2",
+        "",
+    ]  # fmt: skip  (no per_image.npz: no interval)
     assert line_of(report, "full", "mIoU19")[4] == "+0.00"
     single = line_of(report, "source_only", "road")
     assert single[5:] == ["", "", "1 / 1", ""]  # one seed: no std
