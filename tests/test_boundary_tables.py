@@ -181,3 +181,19 @@ def test_cli_bootstrap_options_reach_the_tables_and_are_checked(runs, tmp_path, 
     assert main([*args, "--confidence", "1.5"]) == 2
     error = capsys.readouterr().err.strip()
     assert error == "hqtd tables: error: scoring.confidence=1.5: expected a level in (0, 1)"
+
+
+def test_sixteen_class_boundary_columns_take_the_mean_of_the_13_classes():
+    """mIoU13's subset is a tuple of class indices: it must select classes, not index axes."""
+    from hqtd.report.tables import extra_columns, headline_subsets
+
+    union = np.full((2, 16), 10, dtype=np.int64)
+    inter = np.tile(np.arange(16, dtype=np.int64)[None] % 10, (2, 1))  # class c: IoU (c % 10)/10
+    per_image = {"boundary_iou_intersection": inter, "boundary_iou_union": union,
+                 "iou_intersection": inter, "iou_union": union}  # fmt: skip
+    columns = extra_columns(per_image, headline_subsets(16), ScoringConfig(bootstrap_draws=10))
+    per_class = [100.0 * (c % 10) / 10 for c in range(16)]
+    thirteen = [per_class[c] for c in (0, 1, 2, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)]
+    mean16, mean13 = columns["boundary_iou"][16:]
+    assert mean16 == pytest.approx(sum(per_class) / 16)
+    assert mean13 == pytest.approx(sum(thirteen) / 13)

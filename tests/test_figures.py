@@ -116,7 +116,8 @@ def test_val_curves_average_seeds_at_common_iterations():
 
 def test_iou_bars_are_seed_means():
     def scores(method, seed, iou):
-        return RunScores("b", method, seed, "paper", "best", 1, ("road", "sky"), iou, {}, {})
+        no_extras = ({}, {}, {}, {})  # means, provenance, per-image counts, extra columns
+        return RunScores("b", method, seed, "paper", "best", 1, ("road", "sky"), iou, *no_extras)
 
     runs = [scores("source_only", 0, (10.0, 40.0)), scores("source_only", 1, (20.0, 60.0)),
             scores("full", 0, (30.0, float("nan")))]  # fmt: skip

@@ -244,7 +244,7 @@ def extra_columns(
 
 def _mean(values: np.ndarray, subset: list[int] | None) -> float:
     """Mean of the defined values (of a subset of indices); NaN when none is defined."""
-    chosen = values if subset is None else values[subset]
+    chosen = values if subset is None else values[list(subset)]  # a tuple would index axes
     return float(np.nanmean(chosen)) if np.isfinite(chosen).any() else math.nan
 
 
