@@ -23,6 +23,8 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(
             f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}"
         ) from None
+    if width <= 0 or height <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive WIDTHxHEIGHT, got {text!r}")
     return width, height
 
 
@@ -66,12 +68,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate_command(args.overrides)
 
 
+def _scoring(args: argparse.Namespace):
+    """The typed bootstrap settings of ``--bootstrap-draws`` and ``--confidence``."""
+    from hqtd.config import ScoringConfig, checked_scoring
+
+    scoring = ScoringConfig(bootstrap_draws=args.bootstrap_draws, confidence=args.confidence)
+    return checked_scoring(scoring)
+
+
+def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
+    from hqtd.config import ScoringConfig
+
+    default = ScoringConfig()
+    parser.add_argument(
+        "--bootstrap-draws",
+        type=int,
+        default=default.bootstrap_draws,
+        help="resamples of val images and seeds per interval (default %(default)s)",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=default.confidence,
+        help="level of the bootstrap intervals (default %(default)s)",
+    )
+
+
 def _cmd_tables(args: argparse.Namespace) -> None:
     from hqtd.grid import load_grid
     from hqtd.report.tables import write_tables
 
     grid = load_grid(args.grid)
-    write_tables(args.runs or grid.runs_dir, args.out or grid.tables_dir, grid=grid.name)
+    out = args.out or grid.tables_dir
+    write_tables(args.runs or grid.runs_dir, out, grid=grid.name, scoring=_scoring(args))
 
 
 def _cmd_figures(args: argparse.Namespace) -> None:
@@ -95,7 +124,7 @@ def _cmd_dvc_yaml(args: argparse.Namespace) -> None:
 def _cmd_compare(args: argparse.Namespace) -> None:
     from hqtd.report.compare import compare
 
-    print(compare(args.rev_a, args.rev_b, grid=args.grid))
+    print(compare(args.rev_a, args.rev_b, grid=args.grid, scoring=_scoring(args)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_argument("--grid", default=None, help=grid_help + "; its runs, in its row order")
     tables.add_argument("--runs", type=Path, default=None, help="default: results/runs/<grid>")
     tables.add_argument("--out", type=Path, default=None, help="default: results/tables/<grid>")
+    _add_bootstrap_options(tables)
     tables.set_defaults(func=_cmd_tables)
 
     figures = commands.add_parser("figures", help="IoU bars, training curves, qualitative panel")
@@ -171,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--grid", default=None, help=grid_help + "; compares results/tables/<grid>/runs.csv"
     )
+    _add_bootstrap_options(compare)
     compare.set_defaults(func=_cmd_compare)
     return parser
 

@@ -174,12 +174,45 @@ class ProtocolConfig:
 
 
 @dataclass
+class ScoringConfig:
+    """What ``hqtd evaluate`` measures besides mIoU, and its bootstrap intervals (issue 14)."""
+
+    # Boundary IoU width d as a fraction of the label image's diagonal: Cheng et al.'s 0.02
+    # (29 px at 1280x640, 46 px at 2048x1024, 4 px at the mini 192x96), so it scales with the
+    # protocol's label size instead of meaning something else at every resolution.
+    boundary_dilation_ratio: float = 0.02
+    trimap_widths: list[int] = field(default_factory=lambda: [4, 8, 16])  # band widths, px
+    bootstrap_draws: int = 1000  # resamples of the val images (and seeds) per interval
+    confidence: float = 0.95  # of the percentile intervals
+    bootstrap_seed: int = 0  # the resampling's RNG seed (intervals are reproducible)
+
+
+def checked_scoring(scoring: ScoringConfig, where: str = "scoring") -> ScoringConfig:
+    """``scoring`` unchanged, or a one-line error naming the first key out of range.
+
+    Raises:
+        HqtdError: a non-positive ratio, width or draw count, or a confidence outside (0, 1).
+    """
+    problems = {  # key -> (out of range, what was expected)
+        "boundary_dilation_ratio": (scoring.boundary_dilation_ratio <= 0, "a ratio > 0"),
+        "trimap_widths": (any(w < 1 for w in scoring.trimap_widths), "widths >= 1 px"),
+        "bootstrap_draws": (scoring.bootstrap_draws < 1, "at least 1 draw"),
+        "confidence": (not 0 < scoring.confidence < 1, "a level in (0, 1)"),
+    }
+    for key, (bad, expected) in problems.items():
+        if bad:
+            raise HqtdError(f"{where}.{key}={getattr(scoring, key)}: expected {expected}")
+    return scoring
+
+
+@dataclass
 class Config:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     seed: int = 0
     data_root: str = "data"  # raw datasets in data_root/raw, prepared ones in data_root/prepared
     run_dir: str = MISSING
@@ -202,14 +235,75 @@ def _one_line(error: BaseException) -> str:
     return ": ".join(lines)
 
 
-def load_config(overrides: list[str], config_dir: Path = PARAMS_DIR) -> Config:
-    """Compose ``params/config.yaml`` and Hydra ``KEY=VALUE`` overrides into a :class:`Config`.
+def quote_spaces(override: str) -> str:
+    """``KEY=VALUE`` with a VALUE holding whitespace quoted for Hydra's override grammar (whose
+    lexer rejects unquoted spaces: ``run_dir="my runs/a"`` reaches hqtd without its quotes)."""
+    key, sep, value = override.partition("=")
+    if not sep or not any(c.isspace() for c in value) or value[:1] in ("'", '"'):
+        return override
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"{key}='{escaped}'"
+
+
+def check_ranges(config: Config) -> None:
+    """Refuse values outside their range and inconsistent fields, before anything is written.
 
     Raises:
-        HqtdError: an unknown key, a wrong type, an unknown group option or a missing value.
+        HqtdError: the first offending key, its value and what was expected.
+    """
+    tc, bench = config.train, config.benchmark
+    positive = {
+        "train.iterations": tc.iterations,
+        "train.source_only_iterations": tc.source_only_iterations,
+        "train.batch_size": tc.batch_size,
+        "train.checkpoint_every": tc.checkpoint_every,
+        "train.eval_every": tc.eval_every,
+        "train.log_every": tc.log_every,
+        "train.lr": tc.lr,
+        "benchmark.crop_size": bench.crop_size,
+        "benchmark.num_classes": bench.num_classes,
+        "model.num_classes": config.model.num_classes,
+    }
+    positive |= {f"benchmark.source_size[{i}]": v for i, v in enumerate(bench.source_size)}
+    positive |= {f"benchmark.target_size[{i}]": v for i, v in enumerate(bench.target_size)}
+    not_negative = {
+        "seed": config.seed,
+        "train.num_workers": tc.num_workers,
+        "train.threads": tc.threads,
+        "train.weight_decay": tc.weight_decay,
+        "train.momentum": tc.momentum,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise HqtdError(f"{key}={value}: expected a value greater than 0")
+    for key, value in not_negative.items():
+        if not value >= 0:
+            raise HqtdError(f"{key}={value}: expected a value of 0 or more")
+    if config.model.num_classes != bench.num_classes:
+        raise HqtdError(
+            f"model.num_classes={config.model.num_classes}: benchmark={bench.name} has "
+            f"{bench.num_classes} classes (benchmark.num_classes); expected the same number"
+        )
+    smallest = min(*bench.source_size, *bench.target_size)
+    if bench.crop_size > smallest:
+        raise HqtdError(
+            f"benchmark.crop_size={bench.crop_size}: larger than the smallest training image side "
+            f"({smallest} px of benchmark.source_size {list(bench.source_size)} / target_size "
+            f"{list(bench.target_size)}); expected at most {smallest}, crops are not upsampled"
+        )
+
+
+def load_config(overrides: list[str], config_dir: Path = PARAMS_DIR) -> Config:
+    """Compose ``params/config.yaml`` and Hydra ``KEY=VALUE`` overrides into a :class:`Config`
+    and check its ranges (:func:`check_ranges`).
+
+    Raises:
+        HqtdError: an unknown key, a wrong type, an unknown group option, a missing value or a
+            value out of range.
     """
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            overrides = [quote_spaces(override) for override in overrides]
             composed = compose(config_name="config", overrides=overrides)
         OmegaConf.resolve(composed)
         missing = sorted(OmegaConf.missing_keys(composed))
@@ -219,6 +313,7 @@ def load_config(overrides: list[str], config_dir: Path = PARAMS_DIR) -> Config:
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         raise HqtdError(f"bad configuration: {_one_line(error)}") from None
     assert isinstance(config, Config)
+    check_ranges(config)
     return config
 
 
@@ -275,4 +370,5 @@ def evaluation_config(overrides: list[str]) -> Config:
     except (OmegaConfBaseException, ValueError) as error:
         raise HqtdError(f"bad override: {str(error).splitlines()[0]}") from None
     assert isinstance(result, Config)
+    check_ranges(result)
     return result

@@ -19,13 +19,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hqtd.config import ModelConfig, Precision, evaluation_config, override_pairs
+from hqtd.config import (
+    ModelConfig,
+    Precision,
+    ScoringConfig,
+    checked_scoring,
+    evaluation_config,
+    override_pairs,
+)
 from hqtd.data.datasets import SegmentationDataset, image_resample
 from hqtd.data.labels import class_names
 from hqtd.determinism import cpu_kernels
 from hqtd.errors import HqtdError
 from hqtd.io import atomic_path, write_json
-from hqtd.metrics import ConfusionMatrix
+from hqtd.metrics import (
+    SegmentationCounts,
+    bootstrap_mean_iou,
+    iou_from_counts,
+)
 from hqtd.models.checkpoints import apply_weights, read_weights
 from hqtd.models.deeplabv2 import build_model
 from hqtd.provenance import combined_hash, environment, manifest_hashes
@@ -77,13 +88,16 @@ def evaluate_model(
     precision: Precision = Precision.fp32,
     channels_last: bool = False,
     num_workers: int = 0,
-) -> ConfusionMatrix:
-    """Confusion matrix of ``model``'s main head on ``dataset`` (single scale, one image at a time).
+    scoring: ScoringConfig | None = None,
+) -> SegmentationCounts:
+    """Confusion matrix and per-image IoU counts of ``model``'s main head on ``dataset`` (single
+    scale, one image at a time); with ``scoring``, Boundary IoU and trimap IoU counts too, from
+    the same predictions (:class:`hqtd.metrics.SegmentationCounts`).
 
     The image goes into the network at ``input_size`` (W, H; bilinear, antialiased, when it is not
     already that size) and the main logits are upsampled bilinearly to the label's size before the
-    argmax. Under torch.distributed each rank takes every world_size-th image and the matrices are
-    summed over ranks.
+    argmax. Under torch.distributed each rank takes every world_size-th image; the matrices are
+    summed over ranks and the per-image counts gathered in dataset order.
 
     Resizes against the authors' evaluation (``datasets/cityscapes_Dataset.py`` val transform,
     ``main.py`` validate, ``utils/eval.py``): they resize image and label in the dataset (PIL
@@ -101,6 +115,7 @@ def evaluate_model(
         num_classes: size of the label space (19 or 16).
         input_size: network input (W, H); None keeps the dataset's image size.
         device: where the model is (default CPU).
+        scoring: the boundary metrics' widths; None (the periodic validation): mIoU only.
     """
     device = device or torch.device("cpu")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -109,8 +124,13 @@ def evaluate_model(
     loader = DataLoader(shard, batch_size=1, num_workers=num_workers, generator=torch.Generator())
     was_training = model.training
     model.eval()
-    conf = ConfusionMatrix(num_classes)
-    conf.counts = conf.counts.to(device)  # stays on the device for all_reduce under NCCL
+    counts = SegmentationCounts(
+        num_classes,
+        boundary_ratio=None if scoring is None else scoring.boundary_dilation_ratio,
+        trimap_widths=() if scoring is None else scoring.trimap_widths,
+    )
+    # Counts stay on the device for all_reduce and all_gather under NCCL.
+    counts.confusion.counts = counts.confusion.counts.to(device)
     for batch in loader:
         image = images_to_float(batch["image"], device, channels_last)  # (1,3,H,W)
         if input_size is not None and tuple(image.shape[-1:-3:-1]) != tuple(input_size):
@@ -121,9 +141,9 @@ def evaluate_model(
             logits = model(image, aux=False).main  # (1,C,H,W); aux is never scored
         if logits.shape[-2:] != label.shape[-2:]:  # strict protocol: full-resolution labels
             logits = F.interpolate(logits.float(), label.shape[-2:], mode="bilinear")
-        conf.update(logits.argmax(1), label)
+        counts.update(logits.argmax(1), label)
     model.train(was_training)
-    return conf.all_reduce()
+    return counts.all_gather(len(dataset))
 
 
 def _percent(value: float) -> float | None:
@@ -131,14 +151,61 @@ def _percent(value: float) -> float | None:
     return None if math.isnan(value) else 100.0 * value
 
 
-def score_summary(conf: ConfusionMatrix) -> dict:
-    """Per-class IoU and the headline means of ``conf`` in percent (null for undefined classes).
+def score_summary(counts: SegmentationCounts) -> dict:
+    """Per-class IoU and the headline means of ``counts`` in percent (null for undefined classes).
 
     Keys: ``iou`` (list aligned with the class names), ``mIoU``, ``mIoU19`` or ``mIoU16`` and
     ``mIoU13`` as they apply, ``pixel_accuracy``.
     """
+    conf = counts.confusion
     result = {"iou": [_percent(float(v)) for v in conf.iou()]}
     result.update({key: _percent(value) for key, value in conf.summary().items()})
+    return result
+
+
+def boundary_summary(counts: SegmentationCounts) -> dict:
+    """Boundary IoU and trimap IoU of ``counts`` in percent (issue 14), for ``metrics.json``.
+
+    Keys: ``boundary_px`` (the width d used), ``boundary_iou`` (per class, null where
+    undefined), ``mBIoU`` and ``trimap_mIoU`` (band width in px -> mean IoU in the band).
+    """
+    arrays = counts.per_image()
+
+    def per_class(metric: str) -> np.ndarray:
+        return iou_from_counts(arrays[f"{metric}_intersection"], arrays[f"{metric}_union"])
+
+    def mean(values: np.ndarray) -> float | None:
+        return _percent(float(np.nanmean(values))) if np.isfinite(values).any() else None
+
+    boundary = per_class("boundary_iou")
+    return {
+        "boundary_px": counts.boundary_px,
+        "boundary_iou": [_percent(float(v)) for v in boundary],
+        "mBIoU": mean(boundary),
+        "trimap_mIoU": {str(w): mean(per_class(f"trimap{w}_iou")) for w in counts.trimap_widths},
+    }
+
+
+def bootstrap_summary(counts: SegmentationCounts, scoring: ScoringConfig) -> dict:
+    """Per-image bootstrap intervals (percent) of mIoU, mBIoU and each trimap mIoU of one run,
+    with the settings that made them (``draws``, ``confidence``, ``seed``)."""
+    arrays = counts.per_image()
+    metrics = {"mIoU": "iou", "mBIoU": "boundary_iou"}
+    metrics |= {f"trimap{w}_mIoU": f"trimap{w}_iou" for w in counts.trimap_widths}
+    result: dict = {
+        "draws": scoring.bootstrap_draws,
+        "confidence": scoring.confidence,
+        "seed": scoring.bootstrap_seed,
+    }
+    for name, metric in metrics.items():
+        interval = bootstrap_mean_iou(
+            arrays[f"{metric}_intersection"],
+            arrays[f"{metric}_union"],
+            scoring.bootstrap_draws,
+            scoring.confidence,
+            scoring.bootstrap_seed,
+        )
+        result[name] = [_percent(v) for v in interval]
     return result
 
 
@@ -176,6 +243,8 @@ def evaluate_command(overrides: list[str]) -> None:
     ``metrics.json`` also records where it was made: ``provenance`` (:mod:`hqtd.provenance`: the
     git revision, versions, device, threads, determinism settings and ``data``, one hash over the
     ``data_manifests`` of the benchmark, which are listed with their own hashes).
+    ``run_finished`` records whether the run had written its ``done`` marker: an unfinished run
+    (still training, or killed) is scored as it stands, with a line saying so.
     """
     config = evaluation_config(overrides)
     run_dir = Path(config.run_dir)
@@ -211,8 +280,9 @@ def evaluate_command(overrides: list[str]) -> None:
         train=False,
         image_resample=image_resample(config.method.augmentation),
     )
+    scoring = checked_scoring(config.scoring)
     with cpu_kernels(config.train.determinism, config.train.threads):
-        conf = evaluate_model(
+        counts = evaluate_model(
             model,
             val,
             num_classes,
@@ -221,6 +291,7 @@ def evaluate_command(overrides: list[str]) -> None:
             precision=config.train.precision,
             channels_last=config.train.channels_last,
             num_workers=config.train.num_workers,
+            scoring=scoring,
         )
     metrics = {
         "benchmark": config.benchmark.name,
@@ -232,10 +303,13 @@ def evaluate_command(overrides: list[str]) -> None:
             "checkpoint": checkpoint_name,
         },
         "iteration": checkpoint_iteration(path),
+        "run_finished": (run_dir / "done").exists(),
         "weights": {"requested": config.weights.value, "entry": loaded.entry},
         "num_classes": num_classes,
         "class_names": list(class_names(num_classes)),
-        **score_summary(conf),
+        **score_summary(counts),
+        **boundary_summary(counts),
+        "intervals": bootstrap_summary(counts, scoring),
     }
     manifests = manifest_hashes(config)
     provenance = environment(device, config.train.determinism)
@@ -244,9 +318,16 @@ def evaluate_command(overrides: list[str]) -> None:
         "provenance": provenance | {"data": combined_hash(manifests)},
         "data_manifests": manifests,
     }
+    if not metrics["run_finished"]:
+        print(
+            f"{run_dir}: unfinished run (no done marker), scored at iteration "
+            f"{metrics['iteration']}; recorded as run_finished: false in metrics.json"
+        )
     out = run_dir / "eval" / config.protocol.name
     with atomic_path(out / "confusion.npy") as tmp, open(tmp, "wb") as handle:
-        np.save(handle, conf.numpy().astype(np.int64))
+        np.save(handle, counts.confusion.numpy().astype(np.int64))
+    with atomic_path(out / "per_image.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **counts.per_image())
     write_json(out / "metrics.json", metrics)
     print(f"{out / 'metrics.json'}: mIoU {metrics['mIoU']} (percent)")
 

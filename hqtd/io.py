@@ -14,22 +14,58 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hqtd.errors import HqtdError
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def plain_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 less the process umask."""
+    umask = os.umask(0)  # reading the umask means setting it; restored right away
+    os.umask(umask)
+    return 0o666 & ~umask
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is fsynced and renamed to ``path``."""
+    """Yield a temporary path next to ``path``; on success it is fsynced, given the mode a plain
+    write would give it (mkstemp's is 0600) and renamed to ``path``.
+
+    Raises:
+        HqtdError: the folder cannot be written (read-only, or a file in the way).
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX, dir=target.parent
+        )
+    except OSError as error:
+        raise HqtdError(f"{target}: cannot write here ({error.strerror})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, plain_file_mode())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sweep_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files that a killed :func:`atomic_path` writer left in ``folder``
+    (not below it). Call it only where no other writer can be at work (under a lock, or at the
+    start of a command that owns the folder).
+
+    Returns:
+        how many files were deleted.
+    """
+    leftovers = list(Path(folder).glob(f".*{TEMPORARY_SUFFIX}"))
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return len(leftovers)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
 import random
 import shutil
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +61,8 @@ from hqtd.evaluate import (
     score_summary,
     selection_score,
 )
-from hqtd.io import atomic_path, write_json, write_text
-from hqtd.models.checkpoints import load_weights
+from hqtd.io import atomic_path, sweep_temporaries, write_json, write_text
+from hqtd.models.checkpoints import load_weights, state_checksum, verify_checksum
 from hqtd.models.deeplabv2 import build_model
 from hqtd.provenance import differences, run_identity
 
@@ -68,6 +70,8 @@ CHECKPOINT_FORMAT = "hqtd-train-v1"
 #: Settings that may change between a run and its resume: they do not change the results.
 RESUMABLE_KEYS = ("train.device", "train.num_workers", "train.threads", "train.on_change")
 PROVENANCE_FILE = "provenance.json"
+#: Held (flock) by the ``hqtd train`` process at work in a run directory; names it (pid, host).
+LOCK_FILE = "train.lock"
 #: What a restart deletes: everything a training run writes into its run directory, and the
 #: evaluations of the old weights (``logs/`` stays: the workflows' log of the current job).
 TRAINING_OUTPUTS = (
@@ -264,21 +268,53 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomically write a training checkpoint (a kill leaves the previous file intact).
 
     Saved through an open file: given a path, torch.save names the zip archive inside after the
-    (random) temporary file, so equal checkpoints would differ in their bytes.
+    (random) temporary file, so equal checkpoints would differ in their bytes. The file also
+    stores the content's ``checksum`` (:func:`~hqtd.models.checkpoints.state_checksum`), which
+    :func:`load_checkpoint` verifies; the tensors themselves are saved unchanged.
     """
+    content = {"format": CHECKPOINT_FORMAT, **state, "rng": rng_states()}
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save({"format": CHECKPOINT_FORMAT, **state, "rng": rng_states()}, handle)
+        torch.save({**content, "checksum": state_checksum(content)}, handle)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; anything else is an HqtdError."""
+    """Read a checkpoint written by :func:`save_checkpoint` and verify its checksum.
+
+    Raises:
+        HqtdError: an unreadable, foreign or damaged file (empty, text, bytes flipped).
+    """
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError) as error:
-        raise HqtdError(f"{path}: unreadable checkpoint: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # a damaged file can fail anywhere in the unzipper or unpickler
+        detail = (str(error).splitlines() or [type(error).__name__])[0]
+        raise HqtdError(f"{path}: unreadable checkpoint ({detail})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise HqtdError(f"{path}: not an hqtd training checkpoint (format {CHECKPOINT_FORMAT})")
+    verify_checksum(checkpoint, path)
     return checkpoint
+
+
+def resume_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The checkpoint a run resumes from: ``last.pt`` or, when that one is damaged, ``best.pt``
+    (a full training state too, from an earlier or the same iteration: the resume is as exact).
+
+    Raises:
+        HqtdError: ``last.pt`` is damaged and no good ``best.pt`` can replace it; the line says
+            what to delete to train from scratch.
+    """
+    folder = run_dir / "checkpoints"
+    try:
+        return load_checkpoint(folder / "last.pt")
+    except HqtdError as damaged:
+        try:
+            fallback = load_checkpoint(folder / "best.pt")
+        except HqtdError:
+            raise HqtdError(
+                f"{damaged}; no good best.pt to fall back to: delete {folder} and rerun to "
+                "train this run from scratch"
+            ) from None
+        print(f"{damaged}; resuming from {folder / 'best.pt'} (iteration {fallback['iteration']})")
+        return fallback
 
 
 # ----------------------------------------------------------------------------------------------
@@ -530,10 +566,12 @@ def prepare_run_dir(
         the last checkpoint, or None for a fresh run.
     """
     run_dir = Path(config.run_dir)
-    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt") if resume else None
+    checkpoint = resume_checkpoint(run_dir) if resume else None
     if runtime.is_main:
         if not resume:
             clear_training_outputs(run_dir)
+        sweep_temporaries(run_dir)  # what a killed write left (the lock keeps other writers out)
+        sweep_temporaries(run_dir / "checkpoints")
         write_text(run_dir / "config.yaml", to_yaml(config))
         write_json(run_dir / PROVENANCE_FILE, identity)
         start = checkpoint["iteration"] if checkpoint else 0
@@ -563,13 +601,19 @@ def train(config: Config) -> None:
             (:func:`hqtd.determinism.cpu_kernels`).
     """
     identity = run_identity(config)
-    # Decided by every process before any of them changes the directory: under torchrun, rank 0
-    # clears it only after all ranks joined the process group (setup_runtime).
-    state = existing_run(config, identity)
-    if state == "finished":
-        print(f"{config.run_dir}: run complete, nothing to do")
-        return
-    check_stage(config)
+    with run_dir_lock(Path(config.run_dir)):
+        # Decided by every process before any of them changes the directory: under torchrun,
+        # rank 0 clears it only after all ranks joined the process group (setup_runtime).
+        state = existing_run(config, identity)
+        if state == "finished":
+            print(f"{config.run_dir}: run complete, nothing to do")
+            return
+        check_stage(config)
+        train_locked(config, state, identity)
+
+
+def train_locked(config: Config, state: str, identity: dict[str, Any]) -> None:
+    """:func:`train` once the run directory is locked and its state decided."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     with cpu_kernels(config.train.determinism, config.train.threads):
         runtime = setup_runtime(config)
@@ -579,6 +623,64 @@ def train(config: Config) -> None:
             torch.use_deterministic_algorithms(deterministic)  # leave the caller's process as is
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold :data:`LOCK_FILE` of ``run_dir`` for the block; a second ``hqtd train`` on the same
+    directory stops with one line naming the holder. Under torchrun rank 0 holds it for all.
+
+    The lock is an ``flock``: the kernel releases it when its holder dies, so the file a killed
+    run leaves behind is stale by construction and the next run takes it over.
+
+    Raises:
+        HqtdError: another process holds the lock, or the directory cannot be written.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = _locked_handle(run_dir / LOCK_FILE)
+    except OSError as error:
+        raise HqtdError(f"{run_dir}: cannot write here ({error.strerror})") from None
+    try:
+        yield
+    finally:
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)  # removed while held: no one waits on it
+        handle.close()
+        if created:
+            with contextlib.suppress(OSError):  # only if nothing was written (a refused start)
+                run_dir.rmdir()
+
+
+def _locked_handle(path: Path) -> Any:
+    """Open and flock ``path``, retrying if a finishing holder unlinked it meanwhile (a lock on a
+    deleted file would not exclude the next process); write this process's name into it."""
+    while True:
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise HqtdError(
+                f"{path.parent}: in use by {holder} (its {LOCK_FILE}); wait for it to finish or "
+                "stop it, or use another run_dir"
+            ) from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()
+    handle.seek(0)
+    stale = handle.read().strip()
+    if stale:
+        print(f"{path}: taking over the lock of {stale}, which no longer runs")
+    handle.truncate(0)
+    handle.write(f"hqtd train pid {os.getpid()} on host {socket.gethostname()}\n")
+    handle.flush()
+    return handle
 
 
 def build_optimizer(model: nn.Module, config: Config) -> tuple[torch.optim.SGD, list[float]]:
@@ -626,6 +728,17 @@ def validate(ema: ModelEMA, val_set: Dataset, config: Config, runtime: Runtime) 
 def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]) -> None:
     """The training loop (see :func:`train`)."""
     tc, device, run_dir = config.train, runtime.device, Path(config.run_dir)
+    # Data, opened (manifests checked) before the run directory changes: the labelled set
+    # (source; target for the oracle), the unlabelled target set and target val.
+    labelled_set, target_set = stage_datasets(config)
+    val_set = SegmentationDataset(
+        config.benchmark.target_val.root,
+        config.benchmark.target_val.split,
+        tuple(config.benchmark.target_size),  # the paper protocol: labels resized too
+        config.benchmark.num_classes,
+        train=False,
+        image_resample=image_resample(config.method.augmentation),
+    )
     checkpoint = prepare_run_dir(config, runtime, resume, identity)
     total = total_iterations(config)
 
@@ -656,18 +769,8 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
             "best_score": best_score,
         }
 
-    # Data: the labelled stream (source; target for the oracle), the unlabelled target stream.
-    labelled_set, target_set = stage_datasets(config)
     labelled = batches(labelled_set, SOURCE_STREAM, start, config, runtime)
     target = batches(target_set, TARGET_STREAM, start, config, runtime) if target_set else None
-    val_set = SegmentationDataset(
-        config.benchmark.target_val.root,
-        config.benchmark.target_val.split,
-        tuple(config.benchmark.target_size),  # the paper protocol: labels resized too
-        config.benchmark.num_classes,
-        train=False,
-        image_resample=image_resample(config.method.augmentation),
-    )
     # The authors' epoch (METHOD.md §8.5) paces validation and the EMA's BN buffer copies when set.
     epoch = None
     if tc.eval_per_epoch or config.method.quirk_ema_bn_per_epoch:
@@ -698,7 +801,7 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
             else:
                 target_batch = to_device(next(target), device, tc.channels_last)
                 result = adaptation_step(student, ema, batch, target_batch, config, generator)
-        check_finite(result.loss, result.terms, iteration + 1, runtime)
+        check_finite(result.loss, result.terms, iteration + 1, runtime, run_dir)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         optimizer.step()
@@ -730,7 +833,7 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
 
 
 def check_finite(
-    loss: torch.Tensor, terms: dict[str, float], iteration: int, runtime: Runtime
+    loss: torch.Tensor, terms: dict[str, float], iteration: int, runtime: Runtime, run_dir: Path
 ) -> None:
     """Stop on a non-finite loss before it reaches the weights (the last checkpoint stays good).
 
@@ -744,7 +847,9 @@ def check_finite(
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     if flag.item() > 0:
         where = ", ".join(bad) if bad else "on another process"
+        last = run_dir / "checkpoints" / "last.pt"
+        kept = f"{last} is kept" if last.exists() else "no checkpoint was written yet"
         raise HqtdError(
-            f"iteration {iteration}: non-finite loss ({where}); stopped, the last checkpoint is "
-            "kept — lower train.lr or check the data"
+            f"iteration {iteration}: non-finite loss ({where}); stopped, {kept} — lower train.lr "
+            "or check the data"
         )

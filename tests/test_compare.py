@@ -71,11 +71,15 @@ def test_deltas_between_two_commits_with_seed_spread(repo):
     road = line_of(report, "full", "road")
     mean_a, mean_b = statistics.mean([80, 82]), statistics.mean([85, 88])
     assert road[2:5] == [f"{mean_a:.2f}", f"{mean_b:.2f}", f"{mean_b - mean_a:+.2f}"]
-    assert road[5:] == [f"{statistics.stdev([80, 82]):.2f}", f"{statistics.stdev([85, 88]):.2f}",
-                        "2 / 2"]  # fmt: skip
+    assert road[5:] == [
+        f"{statistics.stdev([80, 82]):.2f}",
+        f"{statistics.stdev([85, 88]):.2f}",
+        "2 / 2",
+        "",
+    ]  # fmt: skip  (no per_image.npz: no interval)
     assert line_of(report, "full", "mIoU19")[4] == "+0.00"
     single = line_of(report, "source_only", "road")
-    assert single[5:] == ["", "", "1 / 1"]  # one seed: no std
+    assert single[5:] == ["", "", "1 / 1", ""]  # one seed: no std
     # Rows keep the order of runs.csv (grid order), not alphabetical order.
     rows = [x.split("|")[1:3] for x in report.splitlines() if x.startswith("| ") and "---" not in x]
     assert [(m.strip(), k.strip()) for m, k in rows[1:]] == [
@@ -126,3 +130,17 @@ def test_warns_once_per_differing_provenance_key(repo):
     ]  # the git revision differs by design: not warned
     older = [line for line in compare("HEAD~1", "HEAD", "demo").splitlines() if "Warning" in line]
     assert older == ["Warning: A records no provenance (older runs.csv)."]
+
+
+@pytest.mark.parametrize("cut", ["mid-row", "mid-field"])
+def test_truncated_runs_csv_is_refused_in_one_line(repo, capsys, cut):
+    path = repo / "results" / "tables" / "demo" / "runs.csv"
+    text = path.read_text()
+    # mid-row: half of the last row (fields missing); mid-field: only the last digit lost
+    path.write_text(text[: -len(text.splitlines()[-1]) // 2] if cut == "mid-row" else text[:-2])
+    before = path.read_bytes()
+    assert main(["compare", "HEAD"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "runs.csv" in err and "truncated" in err
+    assert path.read_bytes() == before

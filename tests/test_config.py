@@ -76,6 +76,52 @@ def test_bad_configuration_is_one_clear_error(overrides, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.eval_every=0", "greater than 0"),
+        ("train.checkpoint_every=0", "greater than 0"),
+        ("train.batch_size=0", "greater than 0"),
+        ("train.source_only_iterations=-5", "greater than 0"),
+        ("train.source_only_iterations=0", "greater than 0"),
+        ("train.iterations=0", "greater than 0"),
+        ("train.num_workers=-1", "0 or more"),
+        ("train.lr=-0.01", "greater than 0"),
+        ("seed=-1", "0 or more"),
+        ("benchmark.crop_size=0", "greater than 0"),
+        ("benchmark.crop_size=-8", "greater than 0"),
+        ("benchmark.target_size=[192,0]", "greater than 0"),
+        ("model.num_classes=16", "mini_gta5 has 19 classes"),
+        ("benchmark.crop_size=97", "larger than the smallest training image side (96 px"),
+    ],
+)
+def test_out_of_range_values_fail_in_one_line_before_anything_is_written(
+    override, expected, tmp_path, capsys
+):
+    run_dir = tmp_path / "run"
+    assert main(["train", f"run_dir={run_dir}", override]) == 2
+    err = capsys.readouterr().err
+    key = override.split("=")[0]
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert key in err and expected in err, err
+    assert not run_dir.exists()  # no config.yaml left behind
+
+
+def test_run_dir_with_a_space_composes(tmp_path):
+    run_dir = tmp_path / "my runs" / "a"
+    assert load_config([f"run_dir={run_dir}"]).run_dir == str(run_dir)
+    assert load_config([f"run_dir='{run_dir}'"]).run_dir == str(run_dir)  # already quoted
+
+
+def test_resize_of_zero_is_refused_in_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", "gta5", "--root", str(tmp_path), "--out", str(out), "--resize", "0x0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "positive WIDTHxHEIGHT" in err and "Traceback" not in err and not out.exists()
+
+
 def test_yaml_round_trip(tmp_path):
     config = load_config(["benchmark=synthia", "method=official", "seed=3", "run_dir=r"])
     path = tmp_path / "config.yaml"

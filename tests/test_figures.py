@@ -64,7 +64,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_figures_are_written_and_byte_stable(runs, tmp_path):
     first = write_figures(runs, tmp_path / "a")
-    names = ["iou_mini_gta5.png", "curves_mini_gta5.png", "qualitative_mini_gta5.png"]
+    names = ["iou_mini_gta5.png", "boundary_mini_gta5.png", "curves_mini_gta5.png",
+             "qualitative_mini_gta5.png"]  # fmt: skip
     assert [p.name for p in first] == names
     second = write_figures(runs, tmp_path / "b")
     for a, b in zip(first, second, strict=True):
@@ -78,7 +79,8 @@ def test_panel_is_skipped_without_checkpoints(runs, tmp_path, capsys):
     copy = tmp_path / "runs"
     shutil.copytree(runs, copy, ignore=shutil.ignore_patterns("*.pt"))
     written = write_figures(copy, tmp_path / "out")
-    assert [p.name for p in written] == ["iou_mini_gta5.png", "curves_mini_gta5.png"]
+    assert [p.name for p in written] == ["iou_mini_gta5.png", "boundary_mini_gta5.png",
+                                         "curves_mini_gta5.png"]  # fmt: skip
     assert "qualitative panel skipped" in capsys.readouterr().out
 
 
@@ -88,7 +90,7 @@ def test_cli_reads_and_writes_the_folders_of_its_grid(runs, tmp_path, monkeypatc
     assert main(["figures", "--grid", "mini"]) == 0
     assert sorted(p.name for p in Path("results/figures").iterdir()) == ["mini"]
     written = sorted(p.name for p in Path("results/figures/mini").iterdir())
-    assert written == ["curves_mini_gta5.png", "iou_mini_gta5.png"]
+    assert written == ["boundary_mini_gta5.png", "curves_mini_gta5.png", "iou_mini_gta5.png"]
     assert main(["figures"]) == 2  # the default grid, demo, has no runs here
 
 
@@ -114,7 +116,8 @@ def test_val_curves_average_seeds_at_common_iterations():
 
 def test_iou_bars_are_seed_means():
     def scores(method, seed, iou):
-        return RunScores("b", method, seed, "paper", "best", 1, ("road", "sky"), iou, {}, {})
+        no_extras = ({}, {}, {}, {})  # means, provenance, per-image counts, extra columns
+        return RunScores("b", method, seed, "paper", "best", 1, ("road", "sky"), iou, *no_extras)
 
     runs = [scores("source_only", 0, (10.0, 40.0)), scores("source_only", 1, (20.0, 60.0)),
             scores("full", 0, (30.0, float("nan")))]  # fmt: skip

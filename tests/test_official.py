@@ -514,10 +514,10 @@ def test_an_epoch_end_buffer_copy_survives_a_resume(
     interrupted = tmp_path / "interrupted"
     check_finite = hqtd.train.check_finite
 
-    def stop_at_7(loss, terms, iteration, runtime):
+    def stop_at_7(loss, terms, iteration, runtime, run_dir):
         if iteration == 7:
             raise KeyboardInterrupt
-        check_finite(loss, terms, iteration, runtime)
+        check_finite(loss, terms, iteration, runtime, run_dir)
 
     monkeypatch.setattr(hqtd.train, "check_finite", stop_at_7)
     with pytest.raises(KeyboardInterrupt):

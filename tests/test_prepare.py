@@ -309,6 +309,10 @@ def gta5_corrupt_label_data(raw: Path, ids: list[str]) -> Path:
     return corrupt_middle(raw / "labels" / f"{ids[2]}.png")
 
 
+def gta5_corrupt_image_data(raw: Path, ids: list[str]) -> Path:
+    return corrupt_middle(raw / "images" / f"{ids[1]}.png")
+
+
 def gta5_label_size_differs(raw: Path, ids: list[str]) -> Path:
     path = raw / "labels" / f"{ids[1]}.png"
     write_palette_label(path, np.zeros((8, 8), np.uint8))
@@ -355,6 +359,7 @@ BREAKERS = [
     gta5_missing_root, gta5_missing_labels_folder, cityscapes_missing_gtfine_val,
     gta5_image_without_label, synthia_label_without_image, cityscapes_image_without_label,
     gta5_truncated_image, synthia_truncated_label, gta5_label_not_a_png, gta5_corrupt_label_data,
+    gta5_corrupt_image_data,
     gta5_label_size_differs, gta5_rgb_label, synthia_label_8bit, gta5_empty,
     gta5_split_list_unknown_id, synthia_empty_split_list, gta5_out_inside_root,
 ]  # fmt: skip
@@ -384,3 +389,32 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         assert written == [f"{ids[0]}.png", f"{ids[1]}.png"]
     else:  # found by the check pass, before anything is written
         assert written == []
+
+
+def test_labels_without_any_class_are_counted_and_warned(tmp_path: Path, capsys) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    ids = make_gta5(raw)
+    write_palette_label(raw / "labels" / f"{ids[1]}.png", np.zeros((SIZE, SIZE), np.uint8))
+    assert run_prepare("gta5", raw, out) == 0
+    assert "warning: 1 label(s) hold no class" in capsys.readouterr().out
+    assert manifest(out)["all_ignore"] == {"train": [ids[1]]}
+    assert (read_png(out / "labels" / "train" / f"{ids[1]}.png") == 255).all()
+
+
+def test_clean_data_has_no_all_ignore_entry(tmp_path: Path, capsys) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    make_gta5(raw)
+    assert run_prepare("gta5", raw, out) == 0
+    assert "all_ignore" not in manifest(out) and "warning" not in capsys.readouterr().out
+
+
+def test_orphan_temporaries_of_a_killed_run_are_swept(tmp_path: Path) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    ids = make_gta5(raw)
+    assert run_prepare("gta5", raw, out) == 0
+    done = tree_state(out)
+    orphans = [out / "labels" / "train" / f".{ids[0]}.png.k2x.tmp", out / ".manifest.json.q.tmp"]
+    for orphan in orphans:
+        orphan.write_bytes(b"half a png")
+    assert run_prepare("gta5", raw, out) == 0
+    assert tree_state(out) == done  # the orphans are gone, every complete output untouched

@@ -174,3 +174,15 @@ def test_sample_grid_writes_a_figure(raw: Path, tmp_path: Path) -> None:
     sample_grid(raw, out, samples=2)
     figure = Image.open(out)
     assert figure.format == "PNG" and figure.size[0] > 200
+
+
+def test_a_deleted_raw_image_is_drawn_again(raw: Path, tmp_path: Path, capsys) -> None:
+    synth.generate(tmp_path, seed=0, counts=SMALL, workers=1)
+    deleted = tmp_path / "mini_cityscapes" / synth.sample_paths("mini_cityscapes", "val", 1)[0]
+    deleted.unlink()
+    capsys.readouterr()
+    synth.generate(tmp_path, seed=0, counts=SMALL, workers=1)
+    out = capsys.readouterr().out
+    assert "mini_cityscapes: 1 sample(s) missing, drawing them again" in out
+    assert "mini_gta5: up to date" in out
+    assert files(tmp_path) == files(raw)  # the same bytes as the first draw, nothing else changed

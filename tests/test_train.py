@@ -35,6 +35,7 @@ from hqtd.config import load_config
 from hqtd.data.datasets import SegmentationDataset
 from hqtd.data.prepare import prepare
 from hqtd.data.synth import Counts, generate
+from hqtd.determinism import PORTABLE_ENV
 from hqtd.errors import HqtdError
 from hqtd.evaluate import evaluate_command, selection_score
 from hqtd.metrics import summary
@@ -66,6 +67,7 @@ TINY = [
 METRICS_KEYS = {
     "benchmark", "method", "seed", "protocol", "iteration", "git_revision", "num_classes",
     "class_names", "iou", "mIoU", "pixel_accuracy", "weights", "provenance", "data_manifests",
+    "run_finished", "boundary_px", "boundary_iou", "mBIoU", "trimap_mIoU", "intervals",
 }  # fmt: skip
 
 
@@ -367,6 +369,14 @@ def test_adaptation_is_deterministic_and_evaluates_both_protocols(
     val = SegmentationDataset(data_root / "prepared/mini_cityscapes", "val", None, 19, train=False)
     assert conf.sum() == sum(int((item["label"] != 255).sum()) for item in val)  # full size
     assert strict["mIoU"] == pytest.approx(100 * summary(conf)["mIoU"])
+    # per-image counts of the same pass: they sum to the matrix; one row per val image
+    per_image = np.load(a / "eval/strict/per_image.npz")
+    assert per_image["iou_intersection"].shape == (len(val), 19)
+    np.testing.assert_array_equal(per_image["iou_intersection"].sum(0), np.diag(conf))
+    assert set(strict["trimap_mIoU"]) == {"4", "8", "16"}
+    assert paper["boundary_px"] == 1  # 0.02 x the 64x32 diagonal = 1.4
+    low, high = paper["intervals"]["mIoU"]
+    assert low <= paper["mIoU"] <= high and paper["intervals"]["draws"] == 1000
     # paper metrics of the best checkpoint equal its periodic validation entry
     best = max(read_jsonl(a / "val_log.jsonl"), key=lambda r: r["mIoU"])
     assert paper["mIoU"] == pytest.approx(best["mIoU"])
@@ -400,12 +410,8 @@ def test_sixteen_class_runs_report_miou16_and_miou13(data_root: Path, tmp_path: 
     assert best["best_score"] == pytest.approx(read_jsonl(tmp_path / "val_log.jsonl")[-1]["mIoU13"])
 
 
-def test_metrics_record_where_they_were_made(
-    data_root: Path, source_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_metrics_record_where_they_were_made(data_root: Path, source_checkpoint: Path):
     run_dir = source_checkpoint.parent.parent
-    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     evaluate_command([f"run_dir={run_dir}", "protocol=strict", "train.device=cpu"])
     metrics = json.loads((run_dir / "eval/strict/metrics.json").read_text())
     recorded = metrics["provenance"]
@@ -419,8 +425,9 @@ def test_metrics_record_where_they_were_made(
     assert recorded["torch_version"] == torch.__version__
     assert recorded["threads"] == 1  # train.threads=1 of the run's config
     assert recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert recorded["device"] and recorded["determinism"] == "default"
-    assert (recorded["MKL_CBWR"], recorded["ONEDNN_MAX_CPU_ISA"]) == ("COMPATIBLE", "")
+    # the mini benchmarks run portable (the test process is pinned like the hqtd command)
+    assert recorded["device"] and recorded["determinism"] == "portable"
+    assert {k: recorded[k] for k in PORTABLE_ENV} == PORTABLE_ENV
     manifests = {
         str(data_root / "prepared" / name / "manifest.json")
         for name in ("mini_gta5", "mini_cityscapes")

@@ -37,6 +37,29 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+def check_entries(entries: Any, path: Path, split: str) -> list[dict[str, str]]:
+    """A split's manifest entries, checked before training starts rather than when a sample is
+    first read: a non-empty list of objects, each with ``id``, ``image`` and ``label`` strings.
+
+    Raises:
+        HqtdError: an empty split, or the first bad entry and the key it lacks.
+    """
+    if not isinstance(entries, list) or not entries:
+        raise HqtdError(f"{path}: split {split!r} lists no samples; expected at least one")
+    for number, entry in enumerate(entries):
+        missing = [
+            key
+            for key in ("id", "image", "label")
+            if not isinstance(entry, dict) or not isinstance(entry.get(key), str)
+        ]
+        if missing:
+            raise HqtdError(
+                f"{path}: split {split!r} entry {number} has no {', '.join(missing)} "
+                "(expected strings id, image, label)"
+            )
+    return entries
+
+
 class SegmentationDataset(Dataset):
     """Images and trainId labels of one split of a prepared dataset.
 
@@ -70,7 +93,9 @@ class SegmentationDataset(Dataset):
             )
         if num_classes not in (19, 16):
             raise HqtdError(f"num_classes must be 19 or 16, got {num_classes}")
-        self.samples: list[dict[str, str]] = splits[split]
+        self.samples: list[dict[str, str]] = check_entries(
+            splits[split], self.root / MANIFEST_NAME, split
+        )
         self.size = tuple(size) if size is not None else None
         self.num_classes = num_classes
         self.train = train

@@ -2,9 +2,10 @@
 
 Two passes over the samples, both in parallel worker processes:
 
-1. **check** every image and label from its PNG header and trailer (cheap: no decoding) — layout,
-   pairing, pixel format, truncation, label size vs image size. Any problem stops the command
-   here with one line naming the files, before anything is written.
+1. **check** every image and label from its PNG header and trailer — layout, pairing, pixel
+   format, truncation, label size vs image size — and decode every image in full (damage inside
+   the image data shows only then; the labels are decoded by pass 2). Any problem stops the
+   command here with one line naming the files, before anything is written.
 2. **convert** each raw label to a uint8 trainId PNG (255 = ignore) with one lookup-table pass,
    and with ``--resize WxH`` also write the resized image; count class pixels.
 
@@ -21,6 +22,10 @@ which keeps the old mtime) is converted again; an unchanged manifest is left unt
 manifest lists each sample's source hashes and the table's hash, so its own hash (which
 ``hqtd train`` records) changes with them. Hashing reads every raw file that is converted (the
 labels, and the images with ``--resize``) once per run.
+
+A label whose ids all map to ignore (255) is listed under ``all_ignore`` in the manifest (the
+key is present only when there is one) and a warning counts them: such a sample teaches nothing.
+Temporary files that a killed run left in the output folders are deleted at the next start.
 
 Label/image size mismatches (a few GTA5 samples): without ``--resize`` they are an error listing
 the files; with ``--resize`` both are resized to WxH independently (which is what the authors'
@@ -61,7 +66,7 @@ from hqtd.data.formats import (
 )
 from hqtd.data.labels import CLASS_NAMES
 from hqtd.errors import HqtdError
-from hqtd.io import atomic_path, file_sha256, write_json
+from hqtd.io import atomic_path, file_sha256, sweep_temporaries, write_json
 
 MANIFEST_NAME = "manifest.json"
 #: Version of the prepared form; part of every output's record, so changing how outputs are
@@ -94,6 +99,7 @@ class _Checked:
 @dataclass(frozen=True)
 class _Converted:
     class_pixels: list[int]
+    all_ignore: bool  # every label pixel is 255 (no id of the sample maps to a class)
     wrote: bool  # False when every output was already up to date
     sources: dict[str, str]  # "label" (and "image" when resized) -> SHA-256 of the raw file
 
@@ -141,6 +147,12 @@ def prepare(
         job for job, check in zip(jobs, checked, strict=True)
         if check.image_size != check.label_size
     ]  # fmt: skip
+    for folder in (
+        {out}
+        | {job.label_out.parent for job in jobs}
+        | {job.image_out.parent for job in jobs if job.image_out is not None}
+    ):
+        sweep_temporaries(folder)  # what a killed run left; complete outputs stay
     converted = _run(_convert, jobs, workers, f"{dataset}: convert")
     raise_problems([r for r in converted if isinstance(r, str)], "files could not be converted")
 
@@ -148,6 +160,10 @@ def prepare(
     manifest_path = out / MANIFEST_NAME
     if _read_json(manifest_path) != manifest:
         write_json(manifest_path, manifest)
+    ignored = sum(len(ids) for ids in manifest.get("all_ignore", {}).values())
+    if ignored:
+        print(f"{dataset}: warning: {ignored} label(s) hold no class (every id maps to ignore, "
+              f"255); listed under all_ignore in {manifest_path}")  # fmt: skip
     wrote = sum(result.wrote for result in converted)
     counts = ", ".join(f"{split} {n}" for split, n in manifest["counts"].items())
     print(f"{dataset}: {counts} samples ({wrote} converted, {len(jobs) - wrote} up to date, "
@@ -223,6 +239,7 @@ def _check(job: _Job) -> _Checked:
     """Pass 1: headers, pixel formats and completeness of one sample's files, without decoding."""
     image = read_png_header(job.sample.image)
     check_image_header(image, job.sample.image)
+    read_image(job.sample.image)  # decodes all of it: damage inside the data fails here
     label = read_png_header(job.sample.label)
     check_label_header(job.dataset, label, job.sample.label)
     return _Checked(image.size, label.size)
@@ -250,7 +267,8 @@ def _convert(job: _Job) -> _Converted:
             _save_png(image, job.image_out, image_record)
             wrote = True
     pixels = np.bincount(label.ravel(), minlength=256)[: len(CLASS_NAMES)]
-    return _Converted(pixels.tolist(), wrote, sources)
+    all_ignore = not pixels.any()
+    return _Converted(pixels.tolist(), all_ignore, wrote, sources)
 
 
 def table_sha256(dataset: str) -> str:
@@ -346,7 +364,12 @@ def _manifest(
         splits.setdefault(job.split, []).append(entry)
         class_pixels[job.split] = class_pixels.get(job.split, 0) + np.array(result.class_pixels)
         image_sizes.setdefault(job.split, Counter())[_wxh(check.image_size)] += 1
-    return {
+    all_ignore = {
+        split: [job.sample.id for job, result in zip(jobs, converted, strict=True)
+                if job.split == split and result.all_ignore]
+        for split in splits
+    }  # fmt: skip
+    manifest = {
         "format": MANIFEST_FORMAT,
         "dataset": dataset,
         "resize": list(resize) if resize else None,
@@ -359,6 +382,9 @@ def _manifest(
             split: [job.sample.id for job in mismatched if job.split == split] for split in splits
         },
     }
+    if any(all_ignore.values()):  # absent otherwise: the manifests of clean data stay as they were
+        manifest["all_ignore"] = {split: ids for split, ids in all_ignore.items() if ids}
+    return manifest
 
 
 def _wxh(size: tuple[int, int]) -> str:

@@ -1139,11 +1139,28 @@ def _write_sample(job: tuple[str, str, int, int, str]) -> None:
     write_bytes(Path(root) / label_path, label_file(dataset, code, instance))
 
 
+def _sample_exists(job: tuple[str, str, int, int, str]) -> bool:
+    """Whether both files of a :func:`_write_sample` job are on disk."""
+    dataset, split, index, _, root = job
+    return all((Path(root) / path).is_file() for path in sample_paths(dataset, split, index))
+
+
+def _draw(jobs: list[tuple[str, str, int, int, str]], workers: int) -> None:
+    """Run :func:`_write_sample` over ``jobs`` in ``workers`` processes."""
+    if workers == 1:
+        for job in jobs:
+            _write_sample(job)
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_sample, jobs, chunksize=8))
+
+
 def generate(out: Path, seed: int = 0, counts: Counts = Counts(), workers: int = 2) -> None:
     """``hqtd synth``: write mini_gta5/, mini_synthia/ and mini_cityscapes/ under ``out``.
 
     Idempotent: a dataset folder whose ``.complete`` marker records the same seed, counts and
-    generator version is left alone; any other folder of that name is removed and drawn again.
+    generator version and all of whose files exist is left alone (deleted files are drawn again);
+    any other folder of that name is removed and drawn again.
     Every file is written atomically and the marker last, so an interrupted run is redrawn.
 
     Args:
@@ -1168,18 +1185,18 @@ def generate(out: Path, seed: int = 0, counts: Counts = Counts(), workers: int =
         splits = {split: n for (d, split), n in per_split.items() if d == dataset}
         spec = {"seed": seed, "counts": splits, "version": GENERATOR_VERSION}
         marker = root / ".complete"
+        jobs = [(dataset, s, i, seed, str(root)) for s, n in splits.items() for i in range(n)]
         if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == spec:
-            print(f"{root}: up to date (seed {seed})")
+            missing = [job for job in jobs if not _sample_exists(job)]
+            if missing:  # deleted files: the same seed draws the same bytes again
+                print(f"{root}: {len(missing)} sample(s) missing, drawing them again")
+                _draw(missing, workers)
+            else:
+                print(f"{root}: up to date (seed {seed})")
             continue
         if root.exists():
             shutil.rmtree(root)
-        jobs = [(dataset, s, i, seed, str(root)) for s, n in splits.items() for i in range(n)]
         start = time.perf_counter()
-        if workers == 1:
-            for job in jobs:
-                _write_sample(job)
-        else:
-            with ProcessPoolExecutor(workers) as pool:
-                list(pool.map(_write_sample, jobs, chunksize=8))
+        _draw(jobs, workers)
         write_json(marker, spec)
         print(f"{root}: {len(jobs)} samples in {time.perf_counter() - start:.1f} s")

@@ -27,10 +27,12 @@ ImageNet file, the heads of an init file, and the ASPP branches beyond the model
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -90,6 +92,53 @@ def _read(path: Path) -> object:
         raise HqtdError(
             f"{path}: not readable as a weights-only torch checkpoint ({kind})"
         ) from None
+
+
+def state_checksum(state: Any) -> str:
+    """SHA-256 over a checkpoint's whole content: every tensor's dtype, shape and bytes and every
+    other value's repr, walked in the (saved, hence stable) order of its dicts and sequences.
+
+    An hqtd checkpoint stores it under ``checksum``: a file whose bytes were damaged inside a
+    tensor still unpickles, and only this tells it from a good one.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, state)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, node: Any) -> None:
+    if isinstance(node, Tensor):
+        digest.update(f"tensor {node.dtype} {tuple(node.shape)}:".encode())
+        flat = node.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    elif isinstance(node, Mapping):
+        digest.update(b"{")
+        for key, value in node.items():
+            digest.update(f"{key!r}:".encode())
+            _feed(digest, value)
+        digest.update(b"}")
+    elif isinstance(node, list | tuple):
+        digest.update(b"[")
+        for value in node:
+            _feed(digest, value)
+        digest.update(b"]")
+    else:
+        digest.update(f"{node!r},".encode())
+
+
+def verify_checksum(checkpoint: Mapping, path: Path) -> None:
+    """Compare an hqtd checkpoint's stored ``checksum`` with its content (files written before
+    hqtd stored one have none and are accepted).
+
+    Raises:
+        HqtdError: the content differs from what was saved.
+    """
+    stored = checkpoint.get("checksum")
+    if stored is None:
+        return
+    content = {key: value for key, value in checkpoint.items() if key != "checksum"}
+    if state_checksum(content) != stored:
+        raise HqtdError(f"{path}: damaged checkpoint (its content does not match its checksum)")
 
 
 @dataclass(frozen=True)
@@ -156,6 +205,8 @@ def read_weights(
     hqtd = isinstance(obj, Mapping) and "format" in obj
     if hqtd and obj["format"] != HQTD_FORMAT:
         raise HqtdError(f"{path}: unsupported checkpoint format {obj['format']!r}")
+    if hqtd:
+        verify_checksum(obj, path)
     entry = choose_entry(obj, path, weights, for_training) if isinstance(obj, Mapping) else None
     if entry is not None:
         obj = obj[entry]

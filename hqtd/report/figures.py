@@ -2,6 +2,9 @@
 
 - ``iou_<benchmark>.png``: per-class IoU of source-only and the featured adaptation method (``full``
   when the grid has it), mean over seeds with the seed std as error bars, first protocol (paper);
+- ``boundary_<benchmark>.png``: mIoU next to Boundary IoU and trimap mIoU (issue 14) of every
+  method, mean over seeds with the seed std as error bars, first protocol (paper); only where the
+  runs have ``per_image.npz``;
 - ``curves_<benchmark>.png``: target-val mIoU of the EMA weights against training iteration, from
   each run's ``val_log.jsonl`` (mean over seeds, min-max band);
 - ``qualitative_<benchmark>.png``: a few target val images, their ground truth and the predictions
@@ -34,7 +37,7 @@ from hqtd.grid import SUPERVISED_STAGES, method_stage
 from hqtd.io import atomic_path
 from hqtd.models.checkpoints import load_weights
 from hqtd.models.deeplabv2 import build_model
-from hqtd.report.tables import RunScores, aggregate, collect
+from hqtd.report.tables import RunScores, aggregate, collect, scores_of
 
 DPI = 100
 #: No "Software" (matplotlib version) entry: the bytes depend on the figure only.
@@ -82,6 +85,44 @@ def iou_bars(scores: list[RunScores], benchmark: str, protocol: str, methods: li
     ax.set_ylim(0, 100)
     ax.set_title(f"{benchmark}: per-class IoU on target val, {protocol} protocol", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def boundary_bars(scores: list[RunScores], benchmark: str, protocol: str) -> Figure | None:
+    """Grouped bars: per score (mIoU, then Boundary IoU and trimap mIoU by band width), one bar
+    per method (the benchmark's first headline mean, mean over seeds, std error bars); None
+    when no run has boundary counts."""
+    runs = [s for s in scores if s.benchmark == benchmark and s.protocol == protocol and s.extra]
+    if not runs:
+        return None
+    metric = next(iter(runs[0].means))  # mIoU19 or mIoU16
+    position = len(runs[0].class_names)  # the first mean's index in the extra columns
+    columns = ["iou", *scores_of(runs[0].per_image)]
+    methods = list(dict.fromkeys(s.method for s in runs))
+    fig = Figure(figsize=(8, 3.6))
+    ax = fig.add_subplot()
+    width = 0.8 / len(methods)
+    x = np.arange(len(columns))
+    for i, method in enumerate(methods):
+        mine = [s for s in runs if s.method == method]
+        cells = [
+            aggregate(s.means[metric] if c == "iou" else s.extra[c][position] for s in mine)
+            for c in columns
+        ]
+        means = [math.nan if cell is None else cell.mean for cell in cells]
+        stds = [0.0 if cell is None or math.isnan(cell.std) else cell.std for cell in cells]
+        offset = (i - (len(methods) - 1) / 2) * width
+        label = f"{method} (n={len(mine)})"
+        ax.bar(x + offset, means, width, yerr=stds, color=COLOURS[i % len(COLOURS)], label=label,
+               capsize=1.5)  # fmt: skip
+    labels = [metric if c == "iou" else f"{c.removesuffix('_iou')}" for c in columns]
+    ax.set_xticks(x, [label.replace("boundary", "Boundary IoU") for label in labels], fontsize=8)
+    ax.set_ylabel(f"mean over classes (%) ({metric} classes)")
+    ax.set_ylim(0, 100)
+    title = f"{benchmark}: boundary quality on target val, {protocol} protocol"
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, frameon=False, ncol=2)
     fig.tight_layout()
     return fig
 
@@ -210,6 +251,10 @@ def write_figures(runs: Path, out: Path, grid: str | None = None) -> list[Path]:
         if shown:
             written.append(out / f"iou_{bench}.png")
             save_png(iou_bars(scores, bench, protocol, shown), written[-1])
+        boundary = boundary_bars(scores, bench, protocol)
+        if boundary is not None:
+            written.append(out / f"boundary_{bench}.png")
+            save_png(boundary, written[-1])
 
         curves: dict[str, list] = {}
         for s in mine:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from hqtd.config import ScoringConfig, checked_scoring
+from hqtd.data.labels import SUBSET_13_OF_16
 from hqtd.errors import HqtdError
 from hqtd.grid import (
     SUPERVISED_STAGES,
@@ -43,7 +46,13 @@ from hqtd.grid import (
     source_method,
 )
 from hqtd.io import write_text
-from hqtd.metrics import iou_per_class, summary
+from hqtd.metrics import (
+    bootstrap_mean_iou,
+    iou_from_counts,
+    iou_per_class,
+    paired_delta_interval,
+    summary,
+)
 from hqtd.provenance import KEYS as PROVENANCE_KEYS
 
 #: Cityscapes val mIoUs the paper reports (METHOD.md §7, DeepLab-V2 R101, the paper's protocol).
@@ -66,6 +75,11 @@ REPORTED: dict[str, dict[str, dict[str, float]]] = {
 #: Methods never marked best: an upper bound trained on target labels.
 NOT_COMPETING = ("oracle",)
 DECIMALS = 1
+#: The method every other one is compared with in the ``ablation_delta`` tables.
+REFERENCE_METHOD = "baseline"
+#: ``per_image.npz`` counts beside ``runs.csv``'s ``iou``: Boundary IoU, then trimap widths.
+BOUNDARY_SCORE = "boundary_iou"
+TRIMAP_SCORE = re.compile(r"^trimap(\d+)_iou$")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,6 +100,11 @@ class RunScores:
     iou: tuple[float, ...]  # NaN where the class is absent from ground truth and prediction
     means: dict[str, float]  # mIoU19, or mIoU16 and mIoU13
     provenance: dict[str, str]  # PROVENANCE_KEYS -> value as text, "" where not recorded
+    # per_image.npz beside metrics.json (issue 14): "<score>_intersection"/"_union" -> (N, C);
+    # empty for an evaluation from before hqtd wrote it
+    per_image: dict[str, np.ndarray]
+    # runs.csv's columns after ``iou``: column -> per-class values then headline means (percent)
+    extra: dict[str, tuple[float, ...]]
 
 
 def headline_metrics(num_classes: int) -> tuple[str, ...]:
@@ -94,8 +113,10 @@ def headline_metrics(num_classes: int) -> tuple[str, ...]:
     return tuple(k for k in summary(np.eye(num_classes)) if k not in ("mIoU", "pixel_accuracy"))
 
 
-def read_run(metrics_path: Path) -> RunScores:
-    """Read one ``metrics.json`` and recompute its numbers from the ``confusion.npy`` beside it.
+def read_run(metrics_path: Path, scoring: ScoringConfig | None = None) -> RunScores:
+    """Read one ``metrics.json`` and recompute its numbers from the ``confusion.npy`` beside it
+    (and its boundary metrics and bootstrap intervals from ``per_image.npz``, when present;
+    ``scoring`` gives the bootstrap's draws, confidence and seed).
 
     Raises:
         HqtdError: unreadable or incomplete files, or a matrix that does not fit the class names.
@@ -118,6 +139,10 @@ def read_run(metrics_path: Path) -> RunScores:
         )
     means = summary(conf)
     recorded = meta.get("provenance") or {"git_revision": meta.get("git_revision")}
+    per_image = read_per_image(metrics_path.with_name("per_image.npz"), len(names))
+    check_per_image(per_image, conf, metrics_path.with_name("per_image.npz"))
+    headline = headline_subsets(len(names))
+    extra = extra_columns(per_image, headline, scoring or ScoringConfig())
     return RunScores(
         benchmark=fields[0],
         method=fields[1],
@@ -129,7 +154,98 @@ def read_run(metrics_path: Path) -> RunScores:
         iou=tuple(float(v) * 100.0 for v in iou_per_class(conf)),
         means={key: means[key] * 100.0 for key in headline_metrics(len(names))},
         provenance={key: _text(recorded.get(key)) for key in PROVENANCE_KEYS},
+        per_image=per_image,
+        extra=extra,
     )
+
+
+def headline_subsets(num_classes: int) -> dict[str, list[int] | None]:
+    """Headline mean -> the class indices it averages (None: all), e.g. mIoU13's 13 of 16."""
+    return {m: SUBSET_13_OF_16 if m == "mIoU13" else None for m in headline_metrics(num_classes)}
+
+
+def read_per_image(path: Path, num_classes: int) -> dict[str, np.ndarray]:
+    """The (N, C) count arrays of ``per_image.npz``; empty when the file does not exist.
+
+    Raises:
+        HqtdError: an unreadable file or arrays of another class count.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as error:
+        raise HqtdError(f"{path}: cannot read the per-image counts ({error})") from None
+    if any(a.ndim != 2 or a.shape[1] != num_classes for a in arrays.values()):
+        raise HqtdError(f"{path}: expected (images, {num_classes}) count arrays")
+    return arrays
+
+
+def check_per_image(per_image: dict[str, np.ndarray], conf: np.ndarray, path: Path) -> None:
+    """The per-image IoU counts must sum to the confusion matrix of the same evaluation.
+
+    Raises:
+        HqtdError: they do not (files of two evaluations mixed).
+    """
+    if not per_image:
+        return
+    diagonal = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - diagonal
+    summed = (per_image["iou_intersection"].sum(0), per_image["iou_union"].sum(0))
+    if not (np.array_equal(summed[0], diagonal) and np.array_equal(summed[1], union)):
+        raise HqtdError(f"{path}: per-image counts do not sum to confusion.npy")
+
+
+def scores_of(per_image: dict[str, np.ndarray]) -> list[str]:
+    """The scores of ``per_image.npz`` after ``iou``: Boundary IoU, then trimap by width."""
+    names = {key.rsplit("_", 1)[0] for key in per_image if key.endswith("_intersection")}
+    trimaps = sorted((n for n in names if TRIMAP_SCORE.match(n)), key=_trimap_width)
+    return [BOUNDARY_SCORE] * (BOUNDARY_SCORE in names) + trimaps
+
+
+def _trimap_width(score: str) -> int:
+    return int(TRIMAP_SCORE.match(score).group(1))
+
+
+def extra_columns(
+    per_image: dict[str, np.ndarray],
+    headline: dict[str, list[int] | None],
+    scoring: ScoringConfig,
+) -> dict[str, tuple[float, ...]]:
+    """``runs.csv``'s columns from per-image counts, per class then per headline mean, in
+    percent: the bootstrap interval of ``iou`` (``iou_low``, ``iou_high``; means only, classes
+    NaN), each score of :func:`scores_of` and the interval of Boundary IoU's means."""
+    if not per_image:
+        return {}
+    columns = {}
+    for score in ["iou", *scores_of(per_image)]:
+        inter, union = per_image[f"{score}_intersection"], per_image[f"{score}_union"]
+        iou = 100.0 * iou_from_counts(inter, union)
+        if score != "iou":
+            columns[score] = (*iou, *(_mean(iou, subset) for subset in headline.values()))
+        if score in ("iou", BOUNDARY_SCORE):
+            intervals = [
+                bootstrap_mean_iou(
+                    inter,
+                    union,
+                    scoring.bootstrap_draws,
+                    scoring.confidence,
+                    scoring.bootstrap_seed,
+                    subset,
+                )
+                for subset in headline.values()
+            ]
+            blank = (math.nan,) * len(iou)
+            for side, name in enumerate(("low", "high")):
+                columns[f"{score}_{name}"] = (*blank, *(100.0 * i[side] for i in intervals))
+    return columns
+
+
+def _mean(values: np.ndarray, subset: list[int] | None) -> float:
+    """Mean of the defined values (of a subset of indices); NaN when none is defined."""
+    chosen = values if subset is None else values[list(subset)]  # a tuple would index axes
+    return float(np.nanmean(chosen)) if np.isfinite(chosen).any() else math.nan
 
 
 def _text(value: object) -> str:
@@ -159,9 +275,12 @@ def _named_by(metrics_path: Path) -> tuple[str, str, str, str]:
     return benchmark, method, seed, protocol
 
 
-def collect(runs: Path, grid: str | None = None) -> list[RunScores]:
+def collect(
+    runs: Path, grid: str | None = None, scoring: ScoringConfig | None = None
+) -> list[RunScores]:
     """Every evaluated run under ``runs`` (only the grid's runs when ``grid`` is given), in table
-    order: benchmark and method in grid order, then protocol, then seed.
+    order: benchmark and method in grid order, then protocol, then seed; ``scoring``: the
+    bootstrap settings (:func:`read_run`).
 
     Raises:
         HqtdError: no evaluation found, or a file whose contents contradict its path.
@@ -172,7 +291,7 @@ def collect(runs: Path, grid: str | None = None) -> list[RunScores]:
         paths = [p for p in paths if _named_by(p)[:3] in wanted]
     if not paths:
         raise HqtdError(f"{runs}: no */*/seed*/eval/*/metrics.json found (run hqtd evaluate first)")
-    scores = [read_run(path) for path in paths]
+    scores = [read_run(path, scoring) for path in paths]
     for path, s in zip(paths, scores, strict=True):
         if (s.benchmark, s.method, f"seed{s.seed}", s.protocol) != _named_by(path):
             raise HqtdError(f"{path}: describes {s.benchmark}/{s.method}/seed{s.seed}/{s.protocol}")
@@ -192,8 +311,10 @@ def collect(runs: Path, grid: str | None = None) -> list[RunScores]:
 
 
 def tidy_frame(scores: list[RunScores]) -> pd.DataFrame:
-    """``runs.csv``: one row per run x protocol x class, then one per headline mean; the run's
-    provenance columns after ``iou``."""
+    """``runs.csv``: one row per run x protocol x class, then one per headline mean; after
+    ``iou`` the columns of :func:`extra_columns` (empty where a run has no ``per_image.npz``),
+    then the run's provenance columns."""
+    extra_names = _extra_column_names(scores)
     rows = []
     for s in scores:
         keys = {
@@ -204,12 +325,10 @@ def tidy_frame(scores: list[RunScores]) -> pd.DataFrame:
             "checkpoint": s.checkpoint,
             "iteration": s.iteration,
         }
-        for name, value in zip(s.class_names, s.iou, strict=True):
-            rows.append({**keys, "metric": name, "iou": value, **s.provenance})
-        rows.extend(
-            {**keys, "metric": name, "iou": value, **s.provenance}
-            for name, value in s.means.items()
-        )
+        metrics = [*s.class_names, *s.means]
+        for i, (metric, value) in enumerate(zip(metrics, [*s.iou, *s.means.values()], strict=True)):
+            extra = {c: s.extra[c][i] if c in s.extra else math.nan for c in extra_names}
+            rows.append({**keys, "metric": metric, "iou": value, **extra, **s.provenance})
     frame = pd.DataFrame(rows)
     frame["iteration"] = frame["iteration"].astype("Int64")
     return frame
@@ -221,11 +340,22 @@ def tidy_frame(scores: list[RunScores]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class Cell:
-    """Mean ± sample std over the n runs of one table cell (std NaN when n < 2)."""
+    """Mean ± sample std over the n runs of one table cell (std NaN when n < 2); a difference
+    cell has a confidence interval [low, high] instead of a std (NaN otherwise)."""
 
     mean: float
     std: float
     n: int
+    low: float = math.nan
+    high: float = math.nan
+
+    @property
+    def has_interval(self) -> bool:
+        return not math.isnan(self.low)
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
 
 
 @dataclass(frozen=True)
@@ -254,12 +384,26 @@ def aggregate(values: Iterable[float]) -> Cell | None:
     return Cell(float(defined.mean()), std, int(defined.size))
 
 
-def _value_lookup(scores: list[RunScores]) -> dict[tuple[str, str, str, str], list[float]]:
-    """(benchmark, protocol, method, metric) -> the per-run values over seeds."""
+def _extra_column_names(scores: list[RunScores]) -> list[str]:
+    """The extra columns of any run, ``iou_low``/``iou_high`` first, then by score."""
+    names = dict.fromkeys(name for s in scores for name in s.extra)
+    return sorted(names, key=lambda n: (not n.startswith("iou_"), list(names).index(n)))
+
+
+def _value_lookup(
+    scores: list[RunScores], column: str = "iou"
+) -> dict[tuple[str, str, str, str], list[float]]:
+    """(benchmark, protocol, method, metric) -> the per-run values over seeds of ``runs.csv``'s
+    ``column`` (``iou`` or an extra column)."""
     lookup: dict[tuple[str, str, str, str], list[float]] = {}
     for s in scores:
-        pairs = [*zip(s.class_names, s.iou, strict=True), *s.means.items()]
-        for metric, value in pairs:
+        if column == "iou":
+            values = [*s.iou, *s.means.values()]
+        elif column in s.extra:
+            values = list(s.extra[column])
+        else:
+            continue
+        for metric, value in zip([*s.class_names, *s.means], values, strict=True):
             lookup.setdefault((s.benchmark, s.protocol, s.method, metric), []).append(value)
     return lookup
 
@@ -325,8 +469,10 @@ def _caption(title: str, rows: list[Row]) -> str:
     return text + "."
 
 
-def build_tables(scores: list[RunScores]) -> list[Table]:
-    """Per-class tables per benchmark x protocol, an ablation table per protocol and a summary."""
+def build_tables(scores: list[RunScores], scoring: ScoringConfig | None = None) -> list[Table]:
+    """Per-class tables per benchmark x protocol, an ablation table per protocol and a summary;
+    where runs have ``per_image.npz``, a boundary table and an ``ablation_delta`` table (paired
+    differences to :data:`REFERENCE_METHOD`, bootstrap settings from ``scoring``) per protocol."""
     lookup = _value_lookup(scores)
     benchmarks = list(dict.fromkeys(s.benchmark for s in scores))
     methods = list(dict.fromkeys(s.method for s in scores))
@@ -335,7 +481,13 @@ def build_tables(scores: list[RunScores]) -> list[Table]:
     metrics = {b: list(headline_metrics(len(names[b]))) for b in benchmarks}
     tables = []
 
-    def add(name: str, title: str, columns: list[tuple[str, str, str]], labels: list[str]) -> None:
+    def add(
+        name: str,
+        title: str,
+        columns: list[tuple[str, str, str]],
+        labels: list[str],
+        lookup: dict = lookup,
+    ) -> None:
         """Append a table over ``columns`` (benchmark, protocol, metric) that have measurements;
         rows: the methods measured there, then the reported numbers that fall in those columns."""
         keep = [
@@ -361,7 +513,115 @@ def build_tables(scores: list[RunScores]) -> list[Table]:
     columns = [(b, p, m) for b in benchmarks for m in metrics[b] for p in protocol_names]
     title = "Summary: mIoU (%) under each protocol"
     add("summary", title, columns, [f"{b} {m} ({p})" for b, p, m in columns])
+    for proto in protocol_names:
+        for table in _boundary_tables(scores, proto, metrics, scoring or ScoringConfig()):
+            tables.append(table)
     return tables
+
+
+def _boundary_tables(
+    scores: list[RunScores], proto: str, metrics: dict[str, list[str]], scoring: ScoringConfig
+) -> list[Table]:
+    """``boundary_<proto>`` (Boundary IoU and trimap means, mean ± std over seeds) and
+    ``ablation_delta_<proto>`` (paired differences to the reference method) of the runs of
+    ``proto`` that have per-image counts; none when no run has them."""
+    measured = [s for s in scores if s.protocol == proto and s.per_image]
+    if not measured:
+        return []
+    score_names = list(dict.fromkeys(n for s in measured for n in scores_of(s.per_image)))
+    methods = list(dict.fromkeys(s.method for s in measured))
+    benchmarks = list(dict.fromkeys(s.benchmark for s in measured))
+    columns, labels, cells = [], [], {m: [] for m in methods}
+    for bench in benchmarks:
+        for score in score_names:
+            lookup = _value_lookup(measured, score)
+            for metric in metrics[bench]:
+                columns.append((bench, score, metric))
+                labels.append(f"{bench} {_score_label(score, metric)}")
+                for method in methods:
+                    cells[method].append(aggregate(lookup.get((bench, proto, method, metric), [])))
+    rows = [Row(m, tuple(cells[m]), competing=m not in NOT_COMPETING) for m in methods]
+    title = (
+        f"Boundary quality, {proto} protocol: mean IoU (%) of the Boundary IoU regions "
+        "(Cheng et al. 2021; width d: each metrics.json's boundary_px) and of the trimap bands "
+        "of w px around ground-truth boundaries"
+    )
+    caption = _caption(title, rows)
+    tables = [Table(f"boundary_{proto}", caption, "method", tuple(labels), tuple(rows))]
+    delta = _delta_table(measured, proto, benchmarks, metrics, score_names, scoring)
+    return tables + ([delta] if delta is not None else [])
+
+
+def _score_label(score: str, metric: str) -> str:
+    """A headline mean of a score: mIoU19 of ``iou``, mBIoU19 of ``boundary_iou``, "trimap8
+    mIoU19" of ``trimap8_iou``."""
+    if score == "iou":
+        return metric
+    if score == BOUNDARY_SCORE:
+        return metric.replace("mIoU", "mBIoU")
+    return f"{score.removesuffix('_iou')} {metric}"
+
+
+def _delta_table(
+    measured: list[RunScores],
+    proto: str,
+    benchmarks: list[str],
+    metrics: dict[str, list[str]],
+    score_names: list[str],
+    scoring: ScoringConfig,
+) -> Table | None:
+    """Each method's mean IoU and Boundary IoU minus :data:`REFERENCE_METHOD`'s, paired by seed,
+    with a bootstrap interval (:func:`hqtd.metrics.paired_delta_interval`)."""
+    runs = {(s.benchmark, s.method, s.seed): s for s in measured}
+    methods = [m for m in dict.fromkeys(s.method for s in measured) if m != REFERENCE_METHOD]
+    if not methods or not any(s.method == REFERENCE_METHOD for s in measured):
+        return None
+    deltas = ["iou"] + [BOUNDARY_SCORE] * (BOUNDARY_SCORE in score_names)
+    columns = [(b, score, m) for b in benchmarks for score in deltas for m in metrics[b]]
+    subsets = {s.benchmark: headline_subsets(len(s.class_names)) for s in measured}
+    rows = []
+    for method in methods:
+        cells = []
+        for bench, score, metric in columns:
+            pairs = [
+                (runs[bench, REFERENCE_METHOD, seed], run)
+                for (b, m, seed), run in sorted(runs.items())
+                if (b, m) == (bench, method) and (b, REFERENCE_METHOD, seed) in runs
+            ]
+            cells.append(_delta_cell(pairs, score, subsets[bench][metric], scoring))
+        rows.append(Row(method, tuple(cells), competing=False))
+    labels = tuple(f"{b} Δ{_score_label(score, m)}" for b, score, m in columns)
+    caption = (
+        f"Paired difference to {REFERENCE_METHOD}, {proto} protocol: method minus "
+        f"{REFERENCE_METHOD} of the same seed (percentage points), mean over the n seeds run by "
+        f"both, [{scoring.confidence:.0%} bootstrap interval] over val images and seeds "
+        f"({scoring.bootstrap_draws} draws, seed {scoring.bootstrap_seed}); * where the interval "
+        "excludes 0."
+    )
+    return Table(f"ablation_delta_{proto}", caption, "method", labels, tuple(rows))
+
+
+def _delta_cell(
+    pairs: list[tuple[RunScores, RunScores]],
+    score: str,
+    subset: list[int] | None,
+    scoring: ScoringConfig,
+) -> Cell | None:
+    """The paired difference of ``score``'s mean over ``pairs`` (reference run, run), percent."""
+    counts = [
+        (*(a.per_image[f"{score}_{p}"] for p in ("intersection", "union")),
+         *(b.per_image[f"{score}_{p}"] for p in ("intersection", "union")))
+        for a, b in pairs
+        if f"{score}_intersection" in a.per_image and f"{score}_intersection" in b.per_image
+    ]  # fmt: skip
+    if not counts:
+        return None
+    if len({c.shape for pair in counts for c in pair}) != 1:
+        raise HqtdError(f"{pairs[0][0].benchmark}: runs scored different val images")
+    delta, low, high = paired_delta_interval(
+        counts, scoring.bootstrap_draws, scoring.confidence, scoring.bootstrap_seed, subset
+    )
+    return Cell(100.0 * delta, math.nan, len(counts), 100.0 * low, 100.0 * high)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -396,6 +656,9 @@ def _cell_texts(
             if cell is None:
                 texts.append("")
                 continue
+            if cell.has_interval:
+                texts.append(_interval_text(cell))
+                continue
             text = f"{cell.mean:.{DECIMALS}f}"
             if not math.isnan(cell.std):
                 text += f" {pm} {cell.std:.{DECIMALS}f}"
@@ -404,6 +667,12 @@ def _cell_texts(
             texts.append(bold(text) if i in best[col] else text)
         lines.append(texts)
     return lines
+
+
+def _interval_text(cell: Cell) -> str:
+    """A difference cell: "+1.2 [-0.3, +2.6] (n=3)", starred where the interval excludes 0."""
+    text = f"{cell.mean:+.{DECIMALS}f} [{cell.low:+.{DECIMALS}f}, {cell.high:+.{DECIMALS}f}]"
+    return text + f" (n={cell.n})" + (" *" if cell.excludes_zero else "")
 
 
 def _latex_escape(text: str) -> str:
@@ -455,6 +724,8 @@ def render_csv(table: Table) -> str:
             record[column] = None if cell is None else cell.mean
             record[f"{column} std"] = None if cell is None or math.isnan(cell.std) else cell.std
             record[f"{column} n"] = None if cell is None or row.reported else cell.n
+            if cell is not None and cell.has_interval:
+                record[f"{column} low"], record[f"{column} high"] = cell.low, cell.high
         records.append(record)
     frame = pd.DataFrame(records)
     n_columns = [c for c in frame.columns if c.endswith(" n")]
@@ -465,7 +736,9 @@ def render_csv(table: Table) -> str:
 RENDERERS = {"md": render_markdown, "tex": render_latex, "html": render_html, "csv": render_csv}
 
 
-def write_tables(runs: Path, out: Path, grid: str | None = None) -> list[Path]:
+def write_tables(
+    runs: Path, out: Path, grid: str | None = None, scoring: ScoringConfig | None = None
+) -> list[Path]:
     """``hqtd tables``: write ``runs.csv`` and every table in every format into ``out``.
 
     Args:
@@ -473,16 +746,18 @@ def write_tables(runs: Path, out: Path, grid: str | None = None) -> list[Path]:
         out: the tables folder (``results/tables/<grid>``).
         grid: only the runs of this grid of ``params/grid.yaml``, rows in its order; None: every
             run found, in the order of the grids.
+        scoring: the bootstrap's draws, confidence level and seed (default: the config's).
 
     Returns:
         the files written.
     """
-    scores = collect(Path(runs), grid)
+    scoring = checked_scoring(scoring or ScoringConfig())
+    scores = collect(Path(runs), grid, scoring)
     out = Path(out)
     written = [out / "runs.csv"]
     csv = tidy_frame(scores).to_csv(index=False, float_format="%.4f", lineterminator="\n")
     write_text(written[0], csv)
-    for table in build_tables(scores):
+    for table in build_tables(scores, scoring):
         for suffix, render in RENDERERS.items():
             path = out / f"{table.name}.{suffix}"
             write_text(path, render(table))
