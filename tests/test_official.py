@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_train import TINY as TRAIN_TINY
 from torch import Tensor, nn
 
 import hqtd.adapt.step as step
@@ -389,16 +390,7 @@ def test_edge_code_switch_changes_exactly_its_terms():
 # ----------------------------------------------------------------------------------------------
 # EMA and validation cadence (METHOD.md §8.5) in the training loop
 
-TINY = [
-    "benchmark.source_size=[64,36]",
-    "benchmark.target_size=[64,32]",
-    "benchmark.crop_size=32",
-    "model.mini_width=8",
-    "train.threads=1",
-    "train.log_every=1",
-    "train.eval_every=1000",
-    "method=full",
-]
+TINY = [*TRAIN_TINY, "train.eval_every=1000", "method=full"]  # test_train's tiny sizes
 
 
 @pytest.fixture(scope="module")
