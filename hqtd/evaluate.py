@@ -19,17 +19,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from hqtd.config import ModelConfig, Precision, evaluation_config, override_pairs
+from hqtd.config import Config, ModelConfig, Precision, evaluation_config, override_pairs
 from hqtd.data.datasets import SegmentationDataset, image_resample
 from hqtd.data.labels import class_names
 from hqtd.determinism import cpu_kernels
 from hqtd.errors import HqtdError
 from hqtd.io import atomic_path, write_json
 from hqtd.metrics import ConfusionMatrix
-from hqtd.models.checkpoints import apply_weights, read_weights
+from hqtd.models.checkpoints import CheckpointWeights, apply_weights, read_weights
 from hqtd.models.deeplabv2 import build_model
 from hqtd.provenance import combined_hash, environment, manifest_hashes
 
+#: Where ``hqtd evaluate checkpoint=FILE benchmark=B`` writes without a run (:func:`output_dir`).
+EVALUATIONS_DIR = Path("results/evaluations")
 #: The authors' network, for scoring their checkpoints: align_corners (§8.1), 2-branch ASPP (§2).
 AUTHORS_MODEL = {"align_corners": True, "aspp_branches": 2}
 
@@ -112,18 +114,36 @@ def evaluate_model(
     conf = ConfusionMatrix(num_classes)
     conf.counts = conf.counts.to(device)  # stays on the device for all_reduce under NCCL
     for batch in loader:
-        image = images_to_float(batch["image"], device, channels_last)  # (1,3,H,W)
-        if input_size is not None and tuple(image.shape[-1:-3:-1]) != tuple(input_size):
-            width, height = input_size
-            image = F.interpolate(image, (height, width), mode="bilinear", antialias=True)
         label = batch["label"].to(device)  # (1,H',W')
-        with autocast(device, precision):
-            logits = model(image, aux=False).main  # (1,C,H,W); aux is never scored
-        if logits.shape[-2:] != label.shape[-2:]:  # strict protocol: full-resolution labels
-            logits = F.interpolate(logits.float(), label.shape[-2:], mode="bilinear")
-        conf.update(logits.argmax(1), label)
+        prediction = predict_classes(
+            model, batch["image"], label.shape[-2:], input_size, device, precision, channels_last
+        )
+        conf.update(prediction, label)
     model.train(was_training)
     return conf.all_reduce()
+
+
+def predict_classes(
+    model: nn.Module,
+    images: torch.Tensor,
+    out_size: tuple[int, int],
+    input_size: tuple[int, int] | None,
+    device: torch.device,
+    precision: Precision = Precision.fp32,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Single-scale class map of the main head (METHOD.md §6): uint8 (1,3,H,W) RGB -> int64
+    (1,h,w) at ``out_size`` (h, w); the image enters the network at ``input_size`` (W, H;
+    bilinear, antialiased) and the logits are upsampled bilinearly to ``out_size``."""
+    image = images_to_float(images, device, channels_last)  # (1,3,H,W)
+    if input_size is not None and tuple(image.shape[-1:-3:-1]) != tuple(input_size):
+        width, height = input_size
+        image = F.interpolate(image, (height, width), mode="bilinear", antialias=True)
+    with autocast(device, precision):
+        logits = model(image, aux=False).main  # (1,C,H,W); aux is never scored
+    if logits.shape[-2:] != tuple(out_size):  # strict protocol: full-resolution labels
+        logits = F.interpolate(logits.float(), tuple(out_size), mode="bilinear")
+    return logits.argmax(1)
 
 
 def _percent(value: float) -> float | None:
@@ -163,12 +183,13 @@ def authors_conventions(model: ModelConfig, given: Collection[str]) -> tuple[Mod
 
 
 def evaluate_command(overrides: list[str]) -> None:
-    """``hqtd evaluate run_dir=... [checkpoint=FILE] [protocol=paper|strict] [weights=...]``
-    (METHOD.md §6).
+    """``hqtd evaluate run_dir=... [checkpoint=FILE] [protocol=paper|strict] [weights=...]
+    [out=DIR]``, or ``hqtd evaluate checkpoint=FILE benchmark=NAME [method=...] [out=DIR]``
+    without a run (METHOD.md §6). :func:`output_dir` says where the files go.
 
     Evaluates the protocol's checkpoint (``best``/``last`` of the run, or ``checkpoint=FILE``: any
     file :func:`read_weights` accepts) on target val and writes
-    ``<run_dir>/eval/<protocol>/metrics.json`` and ``confusion.npy`` (int64 CxC, conf[gt, pred]).
+    ``metrics.json`` and ``confusion.npy`` (int64 CxC, conf[gt, pred]).
     ``weights`` picks the file's weights (default ``auto``: the EMA, an authors' file's
     ``shadow``, as their evaluation, §8.2); ``metrics.json`` records the request and the entry
     scored. A file in the authors' save format is scored with their network conventions
@@ -178,27 +199,9 @@ def evaluate_command(overrides: list[str]) -> None:
     ``data_manifests`` of the benchmark, which are listed with their own hashes).
     """
     config = evaluation_config(overrides)
-    run_dir = Path(config.run_dir)
-    if config.checkpoint is not None:
-        path, checkpoint_name = Path(config.checkpoint), config.checkpoint
-    else:
-        checkpoint_name = config.protocol.checkpoint.value
-        path = run_dir / "checkpoints" / f"{checkpoint_name}.pt"
-    if not path.is_file():
-        raise HqtdError(f"{path}: checkpoint not found")
-
-    loaded = read_weights(path, config.weights)
-    model_config = config.model
-    if loaded.authors_format:
-        model_config, applied = authors_conventions(model_config, override_pairs(overrides))
-        if applied:
-            print(f"{path}: authors' checkpoint, scored with their network conventions {applied}")
-    device = resolve_device(config.train.device, config.train.threads)
-    model = build_model(model_config)
-    apply_weights(model, loaded)
-    model.to(device)
-    if config.train.channels_last:
-        model.to(memory_format=torch.channels_last)
+    out = output_dir(config, override_pairs(overrides).get("out"))
+    model, path, loaded, device = scoring_model(config, overrides)
+    checkpoint_name = config.checkpoint or config.protocol.checkpoint.value
 
     num_classes = config.benchmark.num_classes
     target_size = tuple(config.benchmark.target_size)
@@ -244,11 +247,58 @@ def evaluate_command(overrides: list[str]) -> None:
         "provenance": provenance | {"data": combined_hash(manifests)},
         "data_manifests": manifests,
     }
-    out = run_dir / "eval" / config.protocol.name
     with atomic_path(out / "confusion.npy") as tmp, open(tmp, "wb") as handle:
         np.save(handle, conf.numpy().astype(np.int64))
     write_json(out / "metrics.json", metrics)
     print(f"{out / 'metrics.json'}: mIoU {metrics['mIoU']} (percent)")
+
+
+def scoring_model(
+    config: Config, overrides: list[str]
+) -> tuple[nn.Module, Path, CheckpointWeights, torch.device]:
+    """The network of ``hqtd evaluate``/``hqtd predict`` in eval mode on its device, with the
+    weights of ``checkpoint=FILE`` or the run's protocol checkpoint (``best``/``last``); a file in
+    the authors' save format gets their network conventions (:func:`authors_conventions`)
+    unless ``overrides`` set them.
+
+    Returns:
+        The model, the checkpoint file, the weights read and the device.
+    """
+    if config.checkpoint is not None:
+        path = Path(config.checkpoint)
+    else:
+        path = Path(config.run_dir) / "checkpoints" / f"{config.protocol.checkpoint.value}.pt"
+    if not path.is_file():
+        raise HqtdError(f"{path}: checkpoint not found")
+    loaded = read_weights(path, config.weights)
+    model_config = config.model
+    if loaded.authors_format:
+        model_config, applied = authors_conventions(model_config, override_pairs(overrides))
+        if applied:
+            print(f"{path}: authors' checkpoint, scored with their network conventions {applied}")
+    device = resolve_device(config.train.device, config.train.threads)
+    model = build_model(dataclasses.replace(model_config, init=None))  # all weights from the file
+    apply_weights(model, loaded)
+    model.to(device).eval()
+    if config.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, path, loaded, device
+
+
+def output_dir(config: Config, out: str | None) -> Path:
+    """Where ``hqtd evaluate`` writes: ``out=DIR`` when given; a run's own checkpoint under
+    ``<run_dir>/eval/<protocol>``; ``checkpoint=FILE`` never over a run's results, but under
+    ``<run_dir>/eval/<protocol>/checkpoint-<stem>``, or without a run under
+    ``results/evaluations/<benchmark>/<stem>/<protocol>``."""
+    if out:
+        return Path(out)
+    protocol = config.protocol.name
+    if config.checkpoint is None:
+        return Path(config.run_dir) / "eval" / protocol
+    stem = Path(config.checkpoint).stem
+    if config.run_dir:
+        return Path(config.run_dir) / "eval" / protocol / f"checkpoint-{stem}"
+    return EVALUATIONS_DIR / config.benchmark.name / stem / protocol
 
 
 def checkpoint_iteration(path: Path) -> int | None:
