@@ -98,9 +98,14 @@ def train_args(wildcards) -> str:
 
 
 def report_args() -> str:
-    """hqtd tables/figures options selecting exactly this run's grid: name, seeds, overrides."""
-    args = ["--grid", GRID.name, "--seeds", *map(str, GRID.seeds)]
-    return shlex.join(args + ["--overrides", config["overrides"] or ""])
+    """hqtd tables/figures options selecting exactly this run's grid: its name, and the seeds and
+    overrides of --config when given."""
+    args = ["--grid", GRID.name]
+    if config_seeds() is not None:
+        args += ["--seeds", *map(str, GRID.seeds)]
+    if config["overrides"]:
+        args += ["--overrides", config["overrides"]]
+    return shlex.join(args)
 
 
 def metrics_files() -> list[str]:
