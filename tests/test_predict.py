@@ -61,6 +61,7 @@ def test_files_per_image_in_cityscapes_naming(scored):
 
 
 def test_cityscapes_evaluator_accepts_them_and_agrees_with_hqtd(scored, tmp_path):
+    (tmp_path / "export").mkdir()  # the evaluator requires an existing export folder
     env = {
         **os.environ,
         "CITYSCAPES_DATASET": str(scored["raw"]),
