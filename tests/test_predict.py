@@ -68,9 +68,13 @@ def test_cityscapes_evaluator_accepts_them_and_agrees_with_hqtd(scored, tmp_path
         "CITYSCAPES_RESULTS": str(scored["out"] / "labelIds"),
         "CITYSCAPES_EXPORT_DIR": str(tmp_path / "export"),
     }
-    module = "cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling"
+    # cityscapesScripts 2.3.0 calls np.in1d, which NumPy 2 removed; np.isin is its replacement.
+    run = (
+        "import runpy, numpy; numpy.in1d = numpy.isin; runpy.run_module("
+        "'cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling', run_name='__main__')"
+    )
     done = subprocess.run(
-        [sys.executable, "-m", module], env=env, capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-c", run], env=env, capture_output=True, text=True, cwd=tmp_path
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads((tmp_path / "export" / "resultPixelLevelSemanticLabeling.json").read_text())
