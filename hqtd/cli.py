@@ -48,10 +48,14 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from hqtd.config import load_config
+    from hqtd.config import check_init, load_config, to_yaml
     from hqtd.determinism import pin_cpu_kernels
 
     config = load_config(args.overrides)  # validate before importing the training stack
+    if args.cfg:
+        print(to_yaml(config), end="")
+        return
+    check_init(config)
     pin_cpu_kernels(config.train.determinism)  # before anything imports torch
     from hqtd.train import train
 
@@ -94,25 +98,38 @@ def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from hqtd.config import evaluation_config, override_pairs
+    from hqtd.determinism import pin_cpu_kernels
+
+    where = ("input", "out", "overlay")  # predict's own keys, not config keys
+    config_args = [f"{k}={v}" for k, v in override_pairs(args.overrides).items() if k not in where]
+    pin_cpu_kernels(evaluation_config(config_args).train.determinism)  # before torch loads
+    from hqtd.predict import predict_command
+
+    predict_command(args.overrides)
+
+
 def _cmd_tables(args: argparse.Namespace) -> None:
     from hqtd.grid import load_grid
     from hqtd.report.tables import write_tables
 
-    grid = load_grid(args.grid)
-    out = args.out or grid.tables_dir
-    write_tables(args.runs or grid.runs_dir, out, grid=grid.name, scoring=_scoring(args))
+    grid = load_grid(args.grid).narrowed(args.seeds, args.overrides)
+    write_tables(
+        args.runs or grid.runs_dir, args.out or grid.tables_dir, grid=grid, scoring=_scoring(args)
+    )
 
 
 def _cmd_figures(args: argparse.Namespace) -> None:
     from hqtd.determinism import pin_cpu_kernels, strictest_mode
     from hqtd.grid import load_grid
 
-    grid = load_grid(args.grid)
+    grid = load_grid(args.grid).narrowed(args.seeds, args.overrides)
     runs = args.runs or grid.runs_dir
     pin_cpu_kernels(strictest_mode(runs))  # the qualitative panel runs the models
     from hqtd.report.figures import write_figures
 
-    write_figures(runs, args.out or grid.figures_dir, grid=grid.name)
+    write_figures(runs, args.out or grid.figures_dir, grid=grid)
 
 
 def _cmd_dvc_yaml(args: argparse.Namespace) -> None:
@@ -163,18 +180,35 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train one run (Hydra overrides: benchmark= method= seed= run_dir= ...)"
     )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    train.add_argument(
+        "--cfg", action="store_true", help="print the composed, typed config and exit (no run)"
+    )
     train.set_defaults(func=_cmd_train)
 
     evaluate = commands.add_parser(
-        "evaluate", help="evaluate a run or checkpoint (run_dir= [checkpoint=] [protocol=])"
+        "evaluate",
+        help="evaluate a run or any checkpoint (run_dir=DIR | checkpoint=FILE benchmark=B; "
+        "[protocol=] [out=DIR])",
     )
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     evaluate.set_defaults(func=_cmd_evaluate)
 
+    predict = commands.add_parser(
+        "predict",
+        help="trainId, labelId and colour PNGs of a checkpoint on a folder of images "
+        "(checkpoint=FILE benchmark=B input=DIR out=DIR [overlay=true])",
+    )
+    predict.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    predict.set_defaults(func=_cmd_predict)
+
     grid_help = "grid of params/grid.yaml (default: its default grid)"
+    seeds_help = "only these seeds of the grid (as Snakemake's --config seeds)"
+    overrides_help = "the overrides the runs were queued with (as --config overrides): their folder"
     tables = commands.add_parser("tables", help="per-class IoU tables (Markdown, LaTeX, CSV)")
     tables.add_argument("--grid", default=None, help=grid_help + "; its runs, in its row order")
     tables.add_argument("--runs", type=Path, default=None, help="default: results/runs/<grid>")
+    tables.add_argument("--seeds", type=int, nargs="+", default=None, help=seeds_help)
+    tables.add_argument("--overrides", default="", help=overrides_help)
     tables.add_argument("--out", type=Path, default=None, help="default: results/tables/<grid>")
     _add_bootstrap_options(tables)
     tables.set_defaults(func=_cmd_tables)
@@ -182,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     figures = commands.add_parser("figures", help="IoU bars, training curves, qualitative panel")
     figures.add_argument("--grid", default=None, help=grid_help)
     figures.add_argument("--runs", type=Path, default=None, help="default: results/runs/<grid>")
+    figures.add_argument("--seeds", type=int, nargs="+", default=None, help=seeds_help)
+    figures.add_argument("--overrides", default="", help=overrides_help)
     figures.add_argument("--out", type=Path, default=None, help="default: results/figures/<grid>")
     figures.set_defaults(func=_cmd_figures)
 

@@ -7,6 +7,7 @@ checked: an unknown key or a value of the wrong type fails composition with a on
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -88,7 +89,9 @@ class ModelConfig:
     input_style: InputStyle = InputStyle.caffe
     caffe_stride: bool = True  # stride on the first 1x1 conv and ceil-mode max-pool (caffe ResNet)
     mini_width: int = 16  # stem width of the mini backbone (stages: w, 2w, 4w, 4w)
-    init: str | None = None  # ImageNet init file (authors' or torchvision), None = from scratch
+    # ImageNet init: a file (authors' caffe or torchvision layout), "torchvision" (torchvision's
+    # ResNet-101 file in the torch cache), "scratch" (random); None only for the mini benchmarks
+    init: str | None = None
     align_corners: bool = False  # bilinear upsampling of the logits; True as the authors (§8.1)
 
 
@@ -333,6 +336,69 @@ def from_yaml(path: Path) -> Config:
     return config
 
 
+#: The authors' caffe-converted ImageNet ResNet-101 (their README's download), METHOD.md §2.
+AUTHORS_INIT_FILE = "DeepLab_resnet_pretrained_init-f81d91e8.pth"
+#: torchvision's ImageNet ResNet-101 (IMAGENET1K_V1), as torch.hub caches it.
+TORCHVISION_INIT_FILE = "resnet101-63fe2227.pth"
+#: ``model.init`` values that are not files.
+INIT_SCRATCH, INIT_TORCHVISION = "scratch", "torchvision"
+
+
+def torch_cache_dir() -> Path:
+    """torch.hub's directory (``$TORCH_HOME``, else ``$XDG_CACHE_HOME/torch``, else
+    ``~/.cache/torch``) without importing torch (Snakemake reads it)."""
+    if "TORCH_HOME" in os.environ:
+        return Path(os.environ["TORCH_HOME"])
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "torch"
+
+
+def init_file(model: ModelConfig) -> Path | None:
+    """The file ``model.init`` names (``torchvision``: the torch cache's ResNet-101 file), None
+    for ``scratch`` and for no init."""
+    if model.init in (None, INIT_SCRATCH):
+        return None
+    if model.init == INIT_TORCHVISION:
+        return torch_cache_dir() / "hub" / "checkpoints" / TORCHVISION_INIT_FILE
+    return Path(model.init)
+
+
+def check_init(config: Config) -> None:
+    """A real-data run never starts from random weights unless ``model.init=scratch`` says so:
+    a set init file must exist (adaptation runs start from ``train.init_checkpoint``).
+
+    Raises:
+        HqtdError: one line saying which file to put where (or how to opt out).
+    """
+    model = config.model
+    if model.init == INIT_TORCHVISION and model.input_style is not InputStyle.torchvision:
+        raise HqtdError("model.init=torchvision needs model.input_style=torchvision")
+    path = init_file(model)
+    if path is None:
+        # adaptation starts from train.init_checkpoint (model.init only under quirk_ema_from_init)
+        if model.init is None and not (config.benchmark.mini or config.train.init_checkpoint):
+            raise HqtdError(
+                f"benchmark {config.benchmark.name}: model.init is not set; expected an ImageNet "
+                f"file (e.g. model.init=data/pretrained/{AUTHORS_INIT_FILE}), "
+                "model.init=torchvision or model.init=scratch"
+            )
+    elif not path.is_file():
+        raise HqtdError(f"model.init: {path} not found; {_init_hint(model)}")
+
+
+def _init_hint(model: ModelConfig) -> str:
+    """Where the missing init file comes from (README, pretrained weights)."""
+    if model.init == INIT_TORCHVISION:
+        return (
+            "download it once with python -c 'import torchvision; "
+            'torchvision.models.resnet101(weights="IMAGENET1K_V1")\' (or model.init=scratch)'
+        )
+    return (
+        f"put the authors' ImageNet init {AUTHORS_INIT_FILE} there (README, pretrained weights), "
+        "or set model.init=torchvision (with model.input_style=torchvision) or model.init=scratch"
+    )
+
+
 def override_pairs(overrides: list[str]) -> dict[str, str]:
     """``KEY=VALUE`` command-line overrides as a dict (the last of a repeated key wins)."""
     pairs = {}
@@ -347,12 +413,14 @@ def override_pairs(overrides: list[str]) -> dict[str, str]:
 def evaluation_config(overrides: list[str]) -> Config:
     """The run's saved ``config.yaml`` with the command's overrides applied.
 
-    ``run_dir=DIR`` is required; ``protocol=NAME`` selects ``params/protocol/NAME.yaml``; any other
+    Without ``run_dir=DIR``: ``checkpoint=FILE benchmark=NAME`` (:func:`_checkpoint_config`).
+    ``protocol=NAME`` selects ``params/protocol/NAME.yaml``; any other
     ``key=value`` (``checkpoint=FILE``, ``train.device=cpu``, ...) is merged into the typed schema.
     """
     pairs = override_pairs(overrides)
+    pairs.pop("out", None)  # where hqtd evaluate writes (hqtd.evaluate.output_dir)
     if "run_dir" not in pairs:
-        raise HqtdError("missing required override run_dir=DIR (a training run directory)")
+        return _checkpoint_config(pairs)
     saved = Path(pairs["run_dir"]) / "config.yaml"
     if not saved.is_file():
         raise HqtdError(f"{saved}: not found (run_dir must be a training run directory)")
@@ -372,3 +440,13 @@ def evaluation_config(overrides: list[str]) -> Config:
     assert isinstance(result, Config)
     check_ranges(result)
     return result
+
+
+def _checkpoint_config(pairs: dict[str, str]) -> Config:
+    """The config scoring a checkpoint from anywhere: ``params/`` composed with the overrides
+    (``benchmark=``, optionally ``method=``, ``model.*``, ``protocol=``), ``run_dir`` empty."""
+    if "checkpoint" not in pairs or "benchmark" not in pairs:
+        raise HqtdError(
+            "expected run_dir=DIR (a training run directory) or checkpoint=FILE benchmark=NAME"
+        )
+    return load_config([f"{key}={value}" for key, value in pairs.items()] + ["run_dir=''"])

@@ -8,7 +8,9 @@ summed over images (and over DDP ranks), never from averaged per-image scores.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Collection
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from hqtd.config import (
+    Config,
     ModelConfig,
     Precision,
     ScoringConfig,
@@ -32,15 +35,13 @@ from hqtd.data.labels import class_names
 from hqtd.determinism import cpu_kernels
 from hqtd.errors import HqtdError
 from hqtd.io import atomic_path, write_json
-from hqtd.metrics import (
-    SegmentationCounts,
-    bootstrap_mean_iou,
-    iou_from_counts,
-)
-from hqtd.models.checkpoints import apply_weights, read_weights
+from hqtd.metrics import SegmentationCounts, bootstrap_mean_iou, iou_from_counts
+from hqtd.models.checkpoints import CheckpointWeights, apply_weights, read_weights
 from hqtd.models.deeplabv2 import build_model
 from hqtd.provenance import combined_hash, environment, manifest_hashes
 
+#: Where ``hqtd evaluate checkpoint=FILE benchmark=B`` writes without a run (:func:`output_dir`).
+EVALUATIONS_DIR = Path("results/evaluations")
 #: The authors' network, for scoring their checkpoints: align_corners (§8.1), 2-branch ASPP (§2).
 AUTHORS_MODEL = {"align_corners": True, "aspp_branches": 2}
 
@@ -132,18 +133,36 @@ def evaluate_model(
     # Counts stay on the device for all_reduce and all_gather under NCCL.
     counts.confusion.counts = counts.confusion.counts.to(device)
     for batch in loader:
-        image = images_to_float(batch["image"], device, channels_last)  # (1,3,H,W)
-        if input_size is not None and tuple(image.shape[-1:-3:-1]) != tuple(input_size):
-            width, height = input_size
-            image = F.interpolate(image, (height, width), mode="bilinear", antialias=True)
         label = batch["label"].to(device)  # (1,H',W')
-        with autocast(device, precision):
-            logits = model(image, aux=False).main  # (1,C,H,W); aux is never scored
-        if logits.shape[-2:] != label.shape[-2:]:  # strict protocol: full-resolution labels
-            logits = F.interpolate(logits.float(), label.shape[-2:], mode="bilinear")
-        counts.update(logits.argmax(1), label)
+        prediction = predict_classes(
+            model, batch["image"], label.shape[-2:], input_size, device, precision, channels_last
+        )
+        counts.update(prediction, label)
     model.train(was_training)
     return counts.all_gather(len(dataset))
+
+
+def predict_classes(
+    model: nn.Module,
+    images: torch.Tensor,
+    out_size: tuple[int, int],
+    input_size: tuple[int, int] | None,
+    device: torch.device,
+    precision: Precision = Precision.fp32,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Single-scale class map of the main head (METHOD.md §6): uint8 (1,3,H,W) RGB -> int64
+    (1,h,w) at ``out_size`` (h, w); the image enters the network at ``input_size`` (W, H;
+    bilinear, antialiased) and the logits are upsampled bilinearly to ``out_size``."""
+    image = images_to_float(images, device, channels_last)  # (1,3,H,W)
+    if input_size is not None and tuple(image.shape[-1:-3:-1]) != tuple(input_size):
+        width, height = input_size
+        image = F.interpolate(image, (height, width), mode="bilinear", antialias=True)
+    with autocast(device, precision):
+        logits = model(image, aux=False).main  # (1,C,H,W); aux is never scored
+    if logits.shape[-2:] != tuple(out_size):  # strict protocol: full-resolution labels
+        logits = F.interpolate(logits.float(), tuple(out_size), mode="bilinear")
+    return logits.argmax(1)
 
 
 def _percent(value: float) -> float | None:
@@ -230,12 +249,13 @@ def authors_conventions(model: ModelConfig, given: Collection[str]) -> tuple[Mod
 
 
 def evaluate_command(overrides: list[str]) -> None:
-    """``hqtd evaluate run_dir=... [checkpoint=FILE] [protocol=paper|strict] [weights=...]``
-    (METHOD.md §6).
+    """``hqtd evaluate run_dir=... [checkpoint=FILE] [protocol=paper|strict] [weights=...]
+    [out=DIR]``, or ``hqtd evaluate checkpoint=FILE benchmark=NAME [method=...] [out=DIR]``
+    without a run (METHOD.md §6). :func:`output_dir` says where the files go.
 
     Evaluates the protocol's checkpoint (``best``/``last`` of the run, or ``checkpoint=FILE``: any
     file :func:`read_weights` accepts) on target val and writes
-    ``<run_dir>/eval/<protocol>/metrics.json`` and ``confusion.npy`` (int64 CxC, conf[gt, pred]).
+    ``metrics.json`` and ``confusion.npy`` (int64 CxC, conf[gt, pred]).
     ``weights`` picks the file's weights (default ``auto``: the EMA, an authors' file's
     ``shadow``, as their evaluation, §8.2); ``metrics.json`` records the request and the entry
     scored. A file in the authors' save format is scored with their network conventions
@@ -247,27 +267,9 @@ def evaluate_command(overrides: list[str]) -> None:
     (still training, or killed) is scored as it stands, with a line saying so.
     """
     config = evaluation_config(overrides)
-    run_dir = Path(config.run_dir)
-    if config.checkpoint is not None:
-        path, checkpoint_name = Path(config.checkpoint), config.checkpoint
-    else:
-        checkpoint_name = config.protocol.checkpoint.value
-        path = run_dir / "checkpoints" / f"{checkpoint_name}.pt"
-    if not path.is_file():
-        raise HqtdError(f"{path}: checkpoint not found")
-
-    loaded = read_weights(path, config.weights)
-    model_config = config.model
-    if loaded.authors_format:
-        model_config, applied = authors_conventions(model_config, override_pairs(overrides))
-        if applied:
-            print(f"{path}: authors' checkpoint, scored with their network conventions {applied}")
-    device = resolve_device(config.train.device, config.train.threads)
-    model = build_model(model_config)
-    apply_weights(model, loaded)
-    model.to(device)
-    if config.train.channels_last:
-        model.to(memory_format=torch.channels_last)
+    out = output_dir(config, override_pairs(overrides).get("out"))
+    model, path, loaded, device = scoring_model(config, overrides)
+    checkpoint_name = config.checkpoint or config.protocol.checkpoint.value
 
     num_classes = config.benchmark.num_classes
     target_size = tuple(config.benchmark.target_size)
@@ -303,7 +305,8 @@ def evaluate_command(overrides: list[str]) -> None:
             "checkpoint": checkpoint_name,
         },
         "iteration": checkpoint_iteration(path),
-        "run_finished": (run_dir / "done").exists(),
+        # None: a checkpoint scored without its run folder
+        "run_finished": (Path(config.run_dir) / "done").exists() if config.run_dir else None,
         "weights": {"requested": config.weights.value, "entry": loaded.entry},
         "num_classes": num_classes,
         "class_names": list(class_names(num_classes)),
@@ -318,18 +321,92 @@ def evaluate_command(overrides: list[str]) -> None:
         "provenance": provenance | {"data": combined_hash(manifests)},
         "data_manifests": manifests,
     }
-    if not metrics["run_finished"]:
+    if metrics["run_finished"] is False:
         print(
-            f"{run_dir}: unfinished run (no done marker), scored at iteration "
+            f"{config.run_dir}: unfinished run (no done marker), scored at iteration "
             f"{metrics['iteration']}; recorded as run_finished: false in metrics.json"
         )
-    out = run_dir / "eval" / config.protocol.name
     with atomic_path(out / "confusion.npy") as tmp, open(tmp, "wb") as handle:
         np.save(handle, counts.confusion.numpy().astype(np.int64))
     with atomic_path(out / "per_image.npz") as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, **counts.per_image())
+    if reproduces_record(out / "metrics.json", metrics):
+        os.utime(out / "metrics.json")  # newer than its inputs, for Snakemake, bytes unchanged
+        print(
+            f"{out / 'metrics.json'}: mIoU {metrics['mIoU']} (percent), the recorded scores; kept"
+        )
+        return
     write_json(out / "metrics.json", metrics)
     print(f"{out / 'metrics.json'}: mIoU {metrics['mIoU']} (percent)")
+
+
+#: Where a result was made, not what it is: :func:`reproduces_record` ignores them.
+PROVENANCE_KEYS = ("git_revision", "provenance")
+
+
+def reproduces_record(path: Path, metrics: dict) -> bool:
+    """Whether ``path`` already records exactly these scores, made elsewhere or at another
+    revision (everything equal but :data:`PROVENANCE_KEYS`). Such a file is kept: a rerun on
+    another machine (portable mode, a fresh clone's ``make demo``) then leaves committed results
+    byte for byte as they are, and their provenance keeps saying where they were first made."""
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+    def scores(record: dict) -> dict:
+        return {k: v for k, v in record.items() if k not in PROVENANCE_KEYS}
+
+    # Through JSON, as written: tuples become lists and floats round-trip exactly.
+    return scores(recorded) == scores(json.loads(json.dumps(metrics)))
+
+
+def scoring_model(
+    config: Config, overrides: list[str]
+) -> tuple[nn.Module, Path, CheckpointWeights, torch.device]:
+    """The network of ``hqtd evaluate``/``hqtd predict`` in eval mode on its device, with the
+    weights of ``checkpoint=FILE`` or the run's protocol checkpoint (``best``/``last``); a file in
+    the authors' save format gets their network conventions (:func:`authors_conventions`)
+    unless ``overrides`` set them.
+
+    Returns:
+        The model, the checkpoint file, the weights read and the device.
+    """
+    if config.checkpoint is not None:
+        path = Path(config.checkpoint)
+    else:
+        path = Path(config.run_dir) / "checkpoints" / f"{config.protocol.checkpoint.value}.pt"
+    if not path.is_file():
+        raise HqtdError(f"{path}: checkpoint not found")
+    loaded = read_weights(path, config.weights)
+    model_config = config.model
+    if loaded.authors_format:
+        model_config, applied = authors_conventions(model_config, override_pairs(overrides))
+        if applied:
+            print(f"{path}: authors' checkpoint, scored with their network conventions {applied}")
+    device = resolve_device(config.train.device, config.train.threads)
+    model = build_model(dataclasses.replace(model_config, init=None))  # all weights from the file
+    apply_weights(model, loaded)
+    model.to(device).eval()
+    if config.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, path, loaded, device
+
+
+def output_dir(config: Config, out: str | None) -> Path:
+    """Where ``hqtd evaluate`` writes: ``out=DIR`` when given; a run's own checkpoint under
+    ``<run_dir>/eval/<protocol>``; ``checkpoint=FILE`` never over a run's results, but under
+    ``<run_dir>/eval/<protocol>/checkpoint-<stem>``, or without a run under
+    ``results/evaluations/<benchmark>/<stem>/<protocol>``."""
+    if out:
+        return Path(out)
+    protocol = config.protocol.name
+    if config.checkpoint is None:
+        return Path(config.run_dir) / "eval" / protocol
+    stem = Path(config.checkpoint).stem
+    if config.run_dir:
+        return Path(config.run_dir) / "eval" / protocol / f"checkpoint-{stem}"
+    return EVALUATIONS_DIR / config.benchmark.name / stem / protocol
 
 
 def checkpoint_iteration(path: Path) -> int | None:

@@ -12,6 +12,7 @@ derived from them here, never spelled out (``hqtd dvc-yaml`` writes ``dvc.yaml``
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from dataclasses import dataclass, replace
@@ -21,7 +22,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from hqtd.cli import DATASETS  # not hqtd.data.formats: that imports torch (slow for Snakemake)
-from hqtd.config import PARAMS_DIR, MethodConfig
+from hqtd.config import PARAMS_DIR, MethodConfig, check_init, load_config
 from hqtd.errors import HqtdError
 
 GRID_FILE = PARAMS_DIR / "grid.yaml"
@@ -120,9 +121,9 @@ def dataset_format(dataset: str) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """One training run of a grid: the grid's name, a benchmark, a method and a seed."""
+    """One training run of a grid: the grid's folder, a benchmark, a method and a seed."""
 
-    grid: str
+    grid: str  # Grid.folder: the grid's name, with its variant hash under extra overrides
     benchmark: str
     method: str
     seed: int
@@ -189,6 +190,14 @@ class Grid:
     seeds: tuple[int, ...]
     overrides: tuple[str, ...]
     prepare_args: dict[str, tuple[str, ...]]  # dataset -> extra hqtd prepare options
+    # Short hash of the overrides :meth:`narrowed` appended ("" for the grid's own settings): an
+    # experiment queued with other settings trains into results/runs/<grid>-<variant>.
+    variant: str = ""
+
+    @property
+    def folder(self) -> str:
+        """``<grid>`` for the grid's own settings, ``<grid>-<variant>`` with extra overrides."""
+        return f"{self.name}-{self.variant}" if self.variant else self.name
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -221,22 +230,23 @@ class Grid:
 
     @property
     def runs_dir(self) -> Path:
-        """``results/runs/<grid>``: the run directories of this grid, and only those."""
-        return RUNS_DIR / self.name
+        """``results/runs/<folder>``: the run directories of this grid, and only those."""
+        return RUNS_DIR / self.folder
 
     @property
     def tables_dir(self) -> Path:
-        """``results/tables/<grid>``: ``hqtd tables`` of this grid."""
-        return TABLES_DIR / self.name
+        """``results/tables/<folder>``: ``hqtd tables`` of this grid."""
+        return TABLES_DIR / self.folder
 
     @property
     def figures_dir(self) -> Path:
-        """``results/figures/<grid>``: ``hqtd figures`` of this grid."""
-        return FIGURES_DIR / self.name
+        """``results/figures/<folder>``: ``hqtd figures`` of this grid."""
+        return FIGURES_DIR / self.folder
 
     def narrowed(self, seeds: list[int] | None = None, overrides: str = "") -> Grid:
         """This grid with only ``seeds`` (None: all of its seeds) and ``overrides`` appended to
-        its own (Snakemake's ``--config seeds=... overrides=...``, e.g. for a quick pass).
+        its own (Snakemake's ``--config seeds=... overrides=...``, e.g. for a quick pass). Extra
+        overrides give the grid its own :attr:`folder`, so its runs never mix with the grid's.
 
         Raises:
             HqtdError: ``seeds`` is empty or names a seed the grid does not have (its tables would
@@ -248,12 +258,32 @@ class Grid:
                 f"seeds {list(self.seeds)}"
             )
         kept = self.seeds if seeds is None else tuple(s for s in self.seeds if s in seeds)
-        return replace(self, seeds=kept, overrides=self.overrides + tuple(shlex.split(overrides)))
+        extra = tuple(shlex.split(overrides))
+        if not extra:
+            return replace(self, seeds=kept)
+        digest = hashlib.sha256(shlex.join(self.overrides + extra).encode()).hexdigest()[:8]
+        return replace(self, seeds=kept, overrides=self.overrides + extra, variant=digest)
+
+    def check_init(self, data_root: str = "data") -> None:
+        """Stop before any job when a run of the grid would miss its ImageNet init file or start
+        a real benchmark from random weights without ``model.init=scratch``
+        (:func:`hqtd.config.check_init` on each benchmark x method's composed config).
+
+        Raises:
+            HqtdError: the first such run's one line, prefixed with the run.
+        """
+        for bench in self.benchmarks:
+            for method in self.methods:
+                run = Run(self.folder, bench, method, self.seeds[0])
+                try:
+                    check_init(load_config(run.train_overrides(data_root, self.overrides)))
+                except HqtdError as error:
+                    raise HqtdError(f"grid {self.name!r}, {bench} {method}: {error}") from None
 
     def runs(self) -> list[Run]:
         """The grid's runs, benchmark-major, then method, then seed."""
         return [
-            Run(self.name, bench, method, seed)
+            Run(self.folder, bench, method, seed)
             for bench in self.benchmarks
             for method in self.methods
             for seed in self.seeds

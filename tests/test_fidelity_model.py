@@ -200,8 +200,8 @@ def _road_everywhere(model: nn.Module) -> nn.Module:
 def _score(run_dir: Path, capsys, *overrides: str) -> tuple[np.ndarray, dict, str]:
     """Confusion matrix, metrics.json and printed lines of one ``hqtd evaluate``."""
     capsys.readouterr()
-    evaluate_command([f"run_dir={run_dir}", *overrides])
-    out = run_dir / "eval" / "paper"
+    out = run_dir / "scored"  # checkpoint=FILE never writes over the run's own eval/
+    evaluate_command([f"run_dir={run_dir}", *overrides, f"out={out}"])
     metrics = json.loads((out / "metrics.json").read_text())
     return np.load(out / "confusion.npy"), metrics, capsys.readouterr().out
 

@@ -15,6 +15,7 @@ from hqtd.data.prepare import prepare
 from hqtd.data.synth import Counts, generate
 from hqtd.errors import HqtdError
 from hqtd.evaluate import evaluate_command
+from hqtd.grid import load_grid
 from hqtd.metrics import confusion_counts
 from hqtd.report.figures import (
     DPI,
@@ -85,11 +86,15 @@ def test_panel_is_skipped_without_checkpoints(runs, tmp_path, capsys):
 
 
 def test_cli_reads_and_writes_the_folders_of_its_grid(runs, tmp_path, monkeypatch):
-    shutil.copytree(runs, tmp_path / "results/runs/mini", ignore=shutil.ignore_patterns("*.pt"))
+    """The tiny runs are the mini grid narrowed to seeds 0-1 and TINY's overrides: their own
+    folder, results/runs/mini-<hash of the overrides>."""
+    narrowing = ["--seeds", "0", "1", "--overrides", " ".join(TINY[1:])]
+    grid = load_grid("mini").narrowed([0, 1], " ".join(TINY[1:]))
+    shutil.copytree(runs, tmp_path / grid.runs_dir, ignore=shutil.ignore_patterns("*.pt"))
     monkeypatch.chdir(tmp_path)
-    assert main(["figures", "--grid", "mini"]) == 0
-    assert sorted(p.name for p in Path("results/figures").iterdir()) == ["mini"]
-    written = sorted(p.name for p in Path("results/figures/mini").iterdir())
+    assert main(["figures", "--grid", "mini", *narrowing]) == 0
+    assert sorted(p.name for p in Path("results/figures").iterdir()) == [grid.folder]
+    written = sorted(p.name for p in grid.figures_dir.iterdir())
     assert written == ["boundary_mini_gta5.png", "curves_mini_gta5.png", "iou_mini_gta5.png"]
     assert main(["figures"]) == 2  # the default grid, demo, has no runs here
 

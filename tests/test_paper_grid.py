@@ -17,7 +17,7 @@ import pytest
 from raw_datasets import KEPT_16, make_cityscapes, make_gta5, make_synthia
 from test_dag import BIN, ROOT, dry_run_jobs, expected_commands, normalise
 
-from hqtd.config import load_config
+from hqtd.config import AUTHORS_INIT_FILE, load_config
 from hqtd.data.labels import CLASS_NAMES
 from hqtd.errors import HqtdError
 from hqtd.grid import Grid, load_grid, protocols
@@ -25,7 +25,7 @@ from hqtd.grid import Grid, load_grid, protocols
 #: Every `hqtd train` of the slow test: the mini network at a few pixels, two iterations per stage,
 #: on the CPU (`official` starts from the 2-branch source_only_official checkpoint).
 TINY = (
-    "model=mini model.mini_width=8 benchmark.source_size=[32,18] "
+    "model=mini model.init=scratch model.mini_width=8 benchmark.source_size=[32,18] "
     "benchmark.target_size=[32,16] benchmark.crop_size=16 train.iterations=2 "
     "train.source_only_iterations=2 train.eval_every=2 train.checkpoint_every=2 "
     "train.batch_size=1 train.num_workers=0 train.threads=1 train.device=cpu"
@@ -34,8 +34,11 @@ TINY = (
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Raw GTA5, SYNTHIA and Cityscapes trees under <root>/raw, as the paper grid expects."""
+    """Raw GTA5, SYNTHIA and Cityscapes trees under <root>/raw and the ImageNet init file (a
+    stand-in: a dry run only checks that it exists), as the paper grid expects."""
     root = tmp_path_factory.mktemp("data")
+    (root / "pretrained").mkdir()
+    (root / "pretrained" / AUTHORS_INIT_FILE).touch()
     make_gta5(root / "raw" / "gta5")
     make_synthia(root / "raw" / "synthia")
     make_cityscapes(root / "raw" / "cityscapes")
@@ -159,7 +162,7 @@ def test_paper_grid_runs_end_to_end_on_raw_fixture_trees(data_root: Path, tmp_pa
             assert len(metrics["iou"]) == (19 if run.benchmark == "gta5" else 16)
     names_16 = [CLASS_NAMES[i] for i in KEPT_16]
     layouts = {"gta5": (list(CLASS_NAMES), ["mIoU19"]), "synthia": (names_16, ["mIoU16", "mIoU13"])}
-    tables = tmp_path / "results" / "tables" / "paper"
+    tables = tmp_path / grid.tables_dir  # results/tables/paper-<hash of TINY>
     for benchmark, (classes, means) in layouts.items():
         for protocol in protocols():
             path = tables / f"perclass_{benchmark}_{protocol}.csv"
@@ -169,4 +172,4 @@ def test_paper_grid_runs_end_to_end_on_raw_fixture_trees(data_root: Path, tmp_pa
                 methods = [row["method"] for row in csv.DictReader(handle)]
             assert methods[: len(grid.methods)] == list(grid.methods)
         figures = {f"{kind}_{benchmark}.png" for kind in ("iou", "curves", "qualitative")}
-        assert figures <= {p.name for p in (tmp_path / "results/figures/paper").iterdir()}
+        assert figures <= {p.name for p in (tmp_path / grid.figures_dir).iterdir()}

@@ -223,6 +223,17 @@ def test_split_list_restricts_train(tmp_path: Path) -> None:
     assert not (out / "labels" / "train" / f"{ids[0]}.png").exists()
 
 
+def test_split_list_of_unpadded_integers_names_the_padded_files(tmp_path: Path) -> None:
+    """The authors' datasets/gta5_list/train.txt says ``1`` for ``00001.png``."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    ids = make_gta5(raw, n=3)
+    assert all(len(i) == 5 and i.isdigit() and i != str(int(i)) for i in ids)
+    listing = tmp_path / "train.txt"
+    listing.write_text(f"{int(ids[2])}\n{int(ids[0])}\n")
+    assert run_prepare("gta5", raw, out, "--split-list", str(listing)) == 0
+    assert [e["id"] for e in manifest(out)["splits"]["train"]] == [ids[0], ids[2]]
+
+
 def test_interrupted_run_leaves_complete_files_and_resumes(tmp_path: Path, monkeypatch) -> None:
     raw, out = tmp_path / "raw", tmp_path / "out"
     ids = make_gta5(raw)

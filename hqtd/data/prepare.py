@@ -192,8 +192,8 @@ def read_split_list(path: Path) -> list[str]:
 
 def _restrict(samples: list[RawSample], split_list: Path) -> list[RawSample]:
     """Keep the samples named in ``split_list``; every listed id must exist."""
-    by_id = {sample.id: sample for sample in samples}
-    wanted = read_split_list(split_list)
+    by_id = {_id_key(sample.id): sample for sample in samples}
+    wanted = [_id_key(sample_id) for sample_id in read_split_list(split_list)]
     if not wanted:
         raise HqtdError(f"{split_list}: split list names no sample ids")
     missing = [sample_id for sample_id in wanted if sample_id not in by_id]
@@ -203,6 +203,11 @@ def _restrict(samples: list[RawSample], split_list: Path) -> list[RawSample]:
             f"first: {', '.join(missing[:3])}"
         )
     return [by_id[sample_id] for sample_id in sorted(set(wanted))]
+
+
+def _id_key(sample_id: str) -> str:
+    """Numeric ids compare as numbers: the authors' GTA5 list says ``1`` for ``00001.png``."""
+    return str(int(sample_id)) if sample_id.isdigit() else sample_id
 
 
 def _check_out_outside_root(root: Path, out: Path) -> None:

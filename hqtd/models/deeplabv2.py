@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
-from hqtd.config import Backbone, InputStyle, ModelConfig
+from hqtd.config import Backbone, InputStyle, ModelConfig, init_file
 from hqtd.errors import HqtdError
 from hqtd.models.checkpoints import load_weights
 
@@ -248,6 +248,7 @@ def build_model(cfg: ModelConfig) -> DeepLabV2:
         cfg.input_style,
         align_corners=cfg.align_corners,
     )
-    if cfg.init is not None:
-        load_weights(model, cfg.init, for_training=True)
+    init = init_file(cfg)
+    if init is not None:
+        load_weights(model, init, for_training=True)
     return model

@@ -33,7 +33,7 @@ from hqtd.data.labels import colorize
 from hqtd.determinism import cpu_kernels
 from hqtd.errors import HqtdError
 from hqtd.evaluate import images_to_float, resolve_device
-from hqtd.grid import SUPERVISED_STAGES, method_stage
+from hqtd.grid import SUPERVISED_STAGES, Grid, method_stage
 from hqtd.io import atomic_path
 from hqtd.models.checkpoints import load_weights
 from hqtd.models.deeplabv2 import build_model
@@ -228,13 +228,14 @@ def qualitative_panel(baseline_dir: Path, featured_dir: Path, protocol: str) -> 
     return fig
 
 
-def write_figures(runs: Path, out: Path, grid: str | None = None) -> list[Path]:
+def write_figures(runs: Path, out: Path, grid: Grid | str | None = None) -> list[Path]:
     """``hqtd figures``: the three figures of every benchmark with evaluated runs under ``runs``.
 
     Args:
         runs: the grid's runs folder (``results/runs/<grid>``).
         out: the figures folder (``results/figures/<grid>``).
-        grid: only the runs of this grid of ``params/grid.yaml``; None: every evaluated run.
+        grid: only the runs of this grid (a name or a :class:`~hqtd.grid.Grid`, see
+            :func:`hqtd.report.tables.collect`); None: every evaluated run.
 
     Returns:
         the files written.

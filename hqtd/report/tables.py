@@ -25,6 +25,7 @@ import html
 import json
 import math
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,11 +35,13 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from hqtd.config import ScoringConfig, checked_scoring
+from hqtd.config import ScoringConfig, checked_scoring, from_yaml, load_config
 from hqtd.data.labels import SUBSET_13_OF_16
 from hqtd.errors import HqtdError
 from hqtd.grid import (
     SUPERVISED_STAGES,
+    Grid,
+    Run,
     grid_names,
     load_grid,
     method_stage,
@@ -259,11 +262,10 @@ def _order(values: Iterable[str], preferred: Iterable[str]) -> list[str]:
     return sorted(set(values), key=lambda v: (rank.get(v, len(rank)), v))
 
 
-def _preferred_orders(grid: str | None) -> tuple[list[str], list[str]]:
+def _preferred_orders(grid: Grid | None) -> tuple[list[str], list[str]]:
     """Benchmark and method order: the grid's, else every grid's, longest method list first."""
     if grid is not None:
-        chosen = load_grid(grid)
-        return list(chosen.benchmarks), list(chosen.methods)
+        return list(grid.benchmarks), list(grid.methods)
     grids = sorted((load_grid(name) for name in grid_names()), key=lambda g: -len(g.methods))
     benchmarks = [b for g in grids for b in g.benchmarks]
     return benchmarks, [m for g in grids for m in g.methods]
@@ -275,20 +277,67 @@ def _named_by(metrics_path: Path) -> tuple[str, str, str, str]:
     return benchmark, method, seed, protocol
 
 
+#: Saved-config keys that say where a run lives, not what it computed.
+PLACE_KEYS = ("run_dir", "data_root", "train.init_checkpoint")
+
+
+def config_mismatch(run_dir: Path, run: Run, grid: Grid) -> list[str]:
+    """Keys whose value in ``run_dir/config.yaml`` differs from the config the grid would train
+    ``run`` with (its benchmark, method, seed and overrides); [] without a saved config."""
+    from hqtd.train import config_differences  # torch: only when there are configs to compare
+
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return []
+    saved = from_yaml(saved_path)
+    expected = load_config(run.train_overrides(saved.data_root, grid.overrides))
+    differing = config_differences(saved, expected)
+    return [key for key in differing if key not in PLACE_KEYS and not key.endswith(".root")]
+
+
+def grid_paths(paths: list[Path], grid: Grid) -> list[Path]:
+    """The evaluation files of ``grid``'s runs whose saved config is the grid's. The others are
+    left out with a warning on stderr naming them (e.g. seeds the grid no longer has, or runs of
+    an older schedule)."""
+    wanted = {(r.benchmark, r.method, f"seed{r.seed}"): r for r in grid.runs()}
+    others = sorted({"/".join(_named_by(p)[:3]) for p in paths if _named_by(p)[:3] not in wanted})
+    if others:
+        _warn(f"left out {len(others)} run(s) not in grid {grid.folder}: {', '.join(others)}")
+    mismatched: dict[Path, list[str]] = {}
+    kept = []
+    for path in (p for p in paths if _named_by(p)[:3] in wanted):
+        run_dir = path.parents[2]
+        if run_dir not in mismatched:
+            mismatched[run_dir] = config_mismatch(run_dir, wanted[_named_by(path)[:3]], grid)
+        if not mismatched[run_dir]:
+            kept.append(path)
+    for run_dir, keys in mismatched.items():
+        if keys:
+            _warn(
+                f"left out {run_dir}: its config differs from grid {grid.folder}'s in "
+                f"{', '.join(keys)}"
+            )
+    return kept
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def collect(
-    runs: Path, grid: str | None = None, scoring: ScoringConfig | None = None
+    runs: Path, grid: Grid | str | None = None, scoring: ScoringConfig | None = None
 ) -> list[RunScores]:
-    """Every evaluated run under ``runs`` (only the grid's runs when ``grid`` is given), in table
-    order: benchmark and method in grid order, then protocol, then seed; ``scoring``: the
-    bootstrap settings (:func:`read_run`).
+    """Every evaluated run under ``runs`` (only the grid's runs when ``grid`` is given, see
+    :func:`grid_paths`), in table order: benchmark and method in grid order, then protocol, then
+    seed; ``scoring``: the bootstrap settings (:func:`read_run`).
 
     Raises:
         HqtdError: no evaluation found, or a file whose contents contradict its path.
     """
+    grid = load_grid(grid) if isinstance(grid, str) else grid
     paths = sorted(runs.glob("*/*/seed*/eval/*/metrics.json"))
     if grid is not None:
-        wanted = {(r.benchmark, r.method, f"seed{r.seed}") for r in load_grid(grid).runs()}
-        paths = [p for p in paths if _named_by(p)[:3] in wanted]
+        paths = grid_paths(paths, grid)
     if not paths:
         raise HqtdError(f"{runs}: no */*/seed*/eval/*/metrics.json found (run hqtd evaluate first)")
     scores = [read_run(path, scoring) for path in paths]
@@ -737,15 +786,16 @@ RENDERERS = {"md": render_markdown, "tex": render_latex, "html": render_html, "c
 
 
 def write_tables(
-    runs: Path, out: Path, grid: str | None = None, scoring: ScoringConfig | None = None
+    runs: Path, out: Path, grid: Grid | str | None = None, scoring: ScoringConfig | None = None
 ) -> list[Path]:
     """``hqtd tables``: write ``runs.csv`` and every table in every format into ``out``.
 
     Args:
         runs: the grid's runs folder (``results/runs/<grid>``).
         out: the tables folder (``results/tables/<grid>``).
-        grid: only the runs of this grid of ``params/grid.yaml``, rows in its order; None: every
-            run found, in the order of the grids.
+        grid: only the runs of this grid of ``params/grid.yaml`` (a name, or a narrowed
+            :class:`~hqtd.grid.Grid`), rows in its order; None: every run found, in the order of
+            the grids.
         scoring: the bootstrap's draws, confidence level and seed (default: the config's).
 
     Returns:

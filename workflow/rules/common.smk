@@ -6,6 +6,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from hqtd.errors import HqtdError
 from hqtd.grid import MINI_PREFIX, Run, benchmark, load_grid, protocols
 
 
@@ -35,6 +36,10 @@ PROTOCOLS = protocols()
 DATA_ROOT = config["data_root"]
 RAW = f"{DATA_ROOT}/raw"
 PREPARED = f"{DATA_ROOT}/prepared"
+try:  # a missing ImageNet init stops the workflow before any job, with hqtd's one line
+    GRID.check_init(DATA_ROOT)
+except HqtdError as error:
+    sys.exit(f"hqtd: {error}")
 # Wildcard patterns of one run's directory; Run.run_dir spells out the same layout. Each grid has
 # its own runs, tables and figures folders: grids train the same runs with different settings.
 RUN_DIR = f"{GRID.runs_dir}/{{benchmark}}/{{method}}/seed{{seed}}"
@@ -52,7 +57,7 @@ wildcard_constraints:
 
 
 def run_of(wildcards) -> Run:
-    return Run(GRID.name, wildcards.benchmark, wildcards.method, int(wildcards.seed))
+    return Run(GRID.folder, wildcards.benchmark, wildcards.method, int(wildcards.seed))
 
 
 def is_mini(wildcards) -> bool:
@@ -90,6 +95,17 @@ def train_inputs(wildcards) -> dict[str, str]:
 def train_args(wildcards) -> str:
     """hqtd train overrides: the run, the data root, train.init_checkpoint, the grid's overrides."""
     return shlex.join(run_of(wildcards).train_overrides(DATA_ROOT, GRID.overrides))
+
+
+def report_args() -> str:
+    """hqtd tables/figures options selecting exactly this run's grid: its name, and the seeds and
+    overrides of --config when given."""
+    args = ["--grid", GRID.name]
+    if config_seeds() is not None:
+        args += ["--seeds", *map(str, GRID.seeds)]
+    if config["overrides"]:
+        args += ["--overrides", config["overrides"]]
+    return shlex.join(args)
 
 
 def metrics_files() -> list[str]:

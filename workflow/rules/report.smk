@@ -14,7 +14,7 @@ rule tables:
             caption="../report/tables.rst",
         ),
     params:
-        grid=GRID.name,
+        select=report_args(),
     log:
         "logs/tables.log",
     conda:
@@ -25,7 +25,7 @@ rule tables:
         mem_mb=resource("report", "mem_mb"),
         runtime=resource("report", "runtime"),
     shell:
-        "hqtd tables --out {output} --grid {params.grid} > {log} 2>&1"
+        "hqtd tables --out {output} {params.select} > {log} 2>&1"
 
 
 rule figures:
@@ -41,7 +41,7 @@ rule figures:
             caption="../report/figures.rst",
         ),
     params:
-        grid=GRID.name,
+        select=report_args(),
     log:
         "logs/figures.log",
     conda:
@@ -52,4 +52,4 @@ rule figures:
         mem_mb=resource("report", "mem_mb"),
         runtime=resource("report", "runtime"),
     shell:
-        "hqtd figures --out {output} --grid {params.grid} > {log} 2>&1"
+        "hqtd figures --out {output} {params.select} > {log} 2>&1"
