@@ -109,7 +109,8 @@ def run_step(name: str, command: list[str], log: Path, note: str = "") -> Step:
     """Run ``command`` as a child (single-threaded environment), its output into ``log``; its own
     wall time, CPU time (user + system) and peak resident set (``ru_maxrss``, via ``os.wait4``)."""
     env = {**os.environ, **CHILD_ENV, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    print(f"[{name}] {' '.join(command)}", flush=True)
+    shown = " ".join(part if len(part) < 200 else "<code>" for part in command)
+    print(f"[{name}] {shown}", flush=True)
     start = time.perf_counter()
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
