@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -169,8 +170,9 @@ class Trainer:
     generator: torch.Generator
     iteration: int = 0
 
-    def step(self, clock: PhaseClock | None = None) -> None:
-        """One iteration of hqtd.train.run's loop body (without logging and checkpoints)."""
+    def step(self, clock: PhaseClock | None = None) -> step_module.StepResult:
+        """One iteration of hqtd.train.run's loop body (without logging and checkpoints); returns
+        the step's result (its loss and terms)."""
         timed = clock or (lambda name: contextlib.nullcontext())
         cfg, device, model = self.cfg, self.runtime.device, self.student.model
         seed = train.derive_seed(cfg.seed, train.STEP_STREAM, 0, self.iteration)
@@ -183,7 +185,9 @@ class Trainer:
                 self.student, self.ema, batch, target, cfg, self.generator
             )
         with timed("loss check"):
-            train.check_finite(result.loss, result.terms, self.iteration + 1, self.runtime)
+            train.check_finite(
+                result.loss, result.terms, self.iteration + 1, self.runtime, Path(self.cfg.run_dir)
+            )
         with timed("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
@@ -192,6 +196,7 @@ class Trainer:
         with timed("EMA"):
             self.ema.update(model)
         self.iteration += 1
+        return result
 
 
 def mini_config(width: int | None = None) -> Config:

@@ -27,6 +27,22 @@ CACHE = Path(tempfile.gettempdir()) / f"hqtd-bench-v{FIXTURE_VERSION}"
 LABEL_IDS = np.array([0, *CITYSCAPES_ID_TO_TRAINID], dtype=np.uint8)  # void and the 19 classes
 
 
+def smooth_image(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """A (H, W, 3) uint8 image of ``size`` = (W, H): a smooth random field plus a little noise
+    (PNG size and decode time close to a photograph's, unlike incompressible noise)."""
+    width, height = size
+    coarse = rng.integers(0, 256, (max(2, height // 24), max(2, width // 24), 3), np.uint8)
+    smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.clip(smooth + rng.normal(0, 3, smooth.shape), 0, 255).astype(np.uint8)
+
+
+def blocky_label(rng: np.random.Generator, size: tuple[int, int], values: np.ndarray) -> np.ndarray:
+    """A (H, W) map of ``size`` = (W, H): regions of about 48 px, each one of ``values``."""
+    width, height = size
+    regions = rng.choice(values, (max(2, height // 48), max(2, width // 48)))
+    return cv2.resize(regions, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
 def write_gta5(root: Path, count: int, size: tuple[int, int], seed: int = 0) -> None:
     """``count`` raw GTA5-layout samples of ``size`` = (W, H) under ``root``."""
     rng = np.random.default_rng(seed)
@@ -34,13 +50,8 @@ def write_gta5(root: Path, count: int, size: tuple[int, int], seed: int = 0) -> 
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "labels").mkdir(parents=True, exist_ok=True)
     for index in range(1, count + 1):
-        coarse = rng.integers(0, 256, (max(2, height // 24), max(2, width // 24), 3), np.uint8)
-        smooth = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-        noise = rng.normal(0, 3, smooth.shape)
-        image = np.clip(smooth + noise, 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(root / "images" / f"{index:05d}.png")
-        regions = rng.choice(LABEL_IDS, (max(2, height // 48), max(2, width // 48)))
-        label = cv2.resize(regions, (width, height), interpolation=cv2.INTER_NEAREST)
+        Image.fromarray(smooth_image(rng, size)).save(root / "images" / f"{index:05d}.png")
+        label = blocky_label(rng, size, LABEL_IDS)
         palette_png = Image.frombytes("P", (width, height), label.tobytes())
         palette_png.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tobytes())
         palette_png.save(root / "labels" / f"{index:05d}.png")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import math
 import statistics
 import time
 from collections.abc import Iterator
@@ -51,9 +52,11 @@ def synthetic_batches(
     return itertools.repeat({"image": image, "label": label})
 
 
-def config(precision: list[str], batch: int, device: str, smoke: bool) -> Config:
+def config(
+    precision: list[str], batch: int, device: str, smoke: bool, method: str = "full"
+) -> Config:
     benchmark = ["benchmark=mini_gta5"] if smoke else ["benchmark=gta5"]
-    return load_config([*benchmark, "method=full", "run_dir=unused", f"train.device={device}",
+    return load_config([*benchmark, f"method={method}", "run_dir=unused", f"train.device={device}",
                         f"train.batch_size={batch}", *precision])  # fmt: skip
 
 
@@ -75,9 +78,12 @@ def clock(device: torch.device):
     return cuda_clock if device.type == "cuda" else time.perf_counter
 
 
-def measure(cfg: Config, rounds: int) -> dict[str, float]:
-    """Median iteration seconds, peak memory (CUDA) and median ratio to the model passes."""
+def measure(cfg: Config, rounds: int, setup=None) -> dict[str, float]:
+    """Median iteration seconds, peak memory (CUDA) and median ratio to the model passes;
+    ``setup(trainer)`` adjusts the trainer first (e.g. compiles its network)."""
     trainer = build(cfg)
+    if setup is not None:
+        setup(trainer)
     device = trainer.runtime.device
     for _ in range(2):  # warm up (cuDNN algorithm choice, allocator)
         trainer.step()
@@ -96,12 +102,17 @@ def measure(cfg: Config, rounds: int) -> dict[str, float]:
     }
 
 
-def largest_batch(precision: list[str], device: str, smoke: bool) -> int:
-    """The largest of :data:`BATCHES` for which one iteration runs without running out of memory."""
+def largest_batch(
+    precision: list[str], device: str, smoke: bool, method: str = "full", deadline: float = math.inf
+) -> int:
+    """The largest of :data:`BATCHES` for which one iteration runs without running out of memory
+    (tried in increasing order until one fails or ``time.perf_counter()`` passes ``deadline``)."""
     fits = 0
     for batch in BATCHES[:2] if smoke else BATCHES:
+        if time.perf_counter() > deadline:
+            break
         try:
-            build(config(precision, batch, device, smoke)).step()  # the trainer is dropped here
+            build(config(precision, batch, device, smoke, method)).step()  # dropped here
             fits = batch
         except torch.cuda.OutOfMemoryError:
             break

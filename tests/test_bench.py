@@ -112,3 +112,35 @@ def test_gpu_script_skips_cleanly_without_cuda(tmp_path):
     assert done.returncode == 0
     assert "skipped, no CUDA device" in done.stdout
     assert "not run (no CUDA)" in summary.read_text()
+
+
+@pytest.mark.slow
+def test_real_size_pipeline_runs_through_at_tiny_size(tmp_path):
+    # Every step of bench.real_size (raw files in the three real formats, prepare, init, train,
+    # both evaluations, tables), on the mini network at 1/20 of the real sizes.
+    markdown = tmp_path / "steps.md"
+    command = [sys.executable, "-m", "bench.real_size", "--tiny", "--iterations", "2",
+               "--work", str(tmp_path / "work"), "--markdown", str(markdown)]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = markdown.read_text()
+    for step in ("prepare gta5", "prepare synthia", "prepare cityscapes", "train official",
+                 "evaluate paper", "evaluate strict", "tables"):  # fmt: skip
+        assert step in table
+    runs = tmp_path / "work" / "runs" / "gta5" / "official" / "seed0"
+    assert (runs / "eval" / "strict" / "metrics.json").is_file()
+    assert list((tmp_path / "work" / "tables").iterdir())
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_exercises_every_part(tmp_path):
+    report = tmp_path / "gpu_check.md"
+    command = [sys.executable, "-m", "bench.gpu_check", "--dry-run", "--out", str(report)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = report.read_text()
+    assert "failed" not in text, text
+    for title in ("GPU tests", "Real-size run", "Adaptation step", "Loss curves",
+                  "Largest batch", "Projected GPU-hours"):  # fmt: skip
+        assert title in text
+    assert "skipped (time cap)" not in text  # the dry run's caps leave room for every case
