@@ -8,16 +8,21 @@ import ctypes
 import json
 import os
 import shutil
+import signal
 import stat
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from raw_datasets import make_gta5
+from test_dag import BIN
+from test_paper_grid import workdir
 
 # The tiny prepared mini benchmark fixture of test_train.
 from test_train import (
@@ -396,3 +401,40 @@ def test_read_only_prepare_and_tables_folders_are_one_line(
     err = hqtd_one_line_error("tables", "--runs", str(runs), "--out", str(tables))
     assert "cannot write here" in err and str(tables) in err
     assert not any(prepared.iterdir()) and not any(tables.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------
+# Workflow recovery: a killed Snakemake, then the README's "After a crash" commands
+
+
+@pytest.mark.slow
+def test_rerun_incomplete_prepare_resumes_its_converted_files(tmp_path: Path):
+    """The real Snakemake, killed (with its job) while `hqtd prepare` converts: the converted labels
+    survive, and `--unlock` then `--rerun-incomplete` converts only the rest."""
+    samples = 300  # 16x16 each: enough conversion time to kill the job in the middle
+    data = tmp_path / "data"
+    make_gta5(data / "raw" / "gta5", n=samples)
+    (tmp_path / "work").mkdir()
+    work = workdir(tmp_path / "work")
+    target = data / "prepared" / "gta5" / "manifest.json"
+    labels = target.parent / "labels" / "train"
+    snakemake = [BIN / "snakemake", "--cores", "1", "--config", "grid=paper", f"data_root={data}"]
+    quiet = {"cwd": work, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen([*snakemake, "--", target], start_new_session=True, **quiet)
+    while process.poll() is None and len(list(labels.glob("*.png"))) < 2:
+        time.sleep(0.002)
+    os.killpg(process.pid, signal.SIGKILL)  # Snakemake and its job, as a crash would
+    process.wait()
+    assert not target.exists(), "prepare finished before it could be killed"
+    kept = {path.name: path.stat().st_mtime_ns for path in labels.glob("*.png")}
+    assert 2 <= len(kept) < samples
+
+    locked = subprocess.run([*snakemake, "--", target], cwd=work, capture_output=True, text=True)
+    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
+    subprocess.run([*snakemake, "--unlock"], check=True, **quiet)
+    subprocess.run([*snakemake, "--rerun-incomplete", "--", target], check=True, **quiet)
+
+    log = (work / "logs" / "prepare_gta5.log").read_text()
+    assert f"({samples - len(kept)} converted, {len(kept)} up to date" in log, log
+    assert {name: (labels / name).stat().st_mtime_ns for name in kept} == kept  # not rewritten
+    assert json.loads(target.read_text())["counts"] == {"train": samples}
