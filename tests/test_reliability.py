@@ -322,6 +322,27 @@ def test_tables_out_below_a_file_is_one_line(tmp_path: Path, capsys: pytest.Capt
     assert str(blocker / "t") in err and "cannot write here" in err
 
 
+@pytest.mark.parametrize("command", ["synth", "prepare", "tables"])
+def test_out_pointing_at_a_file_is_one_line(
+    data_root: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    command: str,
+):
+    out = tmp_path / "afile"
+    out.write_text("x\n")
+    runs = Path(__file__).parent.parent / "results" / "runs" / "demo"
+    inputs = {
+        "synth": [],
+        "prepare": ["gta5", "--root", str(data_root / "raw" / "mini_gta5"), "--workers", "1"],
+        "tables": ["--runs", str(runs)],
+    }[command]
+    err = one_line_error(capsys, [command, *inputs, "--out", str(out)])
+    assert "cannot write here" in err
+    assert f"(a file is in the way: {out})" in err or f"{out}/" in err and "Not a directory" in err
+    assert out.read_text() == "x\n" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 #: prctl(2) option and the capabilities that let root write into any folder and read any file.
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
 
