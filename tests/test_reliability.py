@@ -345,14 +345,15 @@ def test_out_pointing_at_a_file_is_one_line(
 
 #: prctl(2) option and the capabilities that let root write into any folder and read any file.
 PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
+libc = ctypes.CDLL(None, use_errno=True)
 
 
 def without_root_file_access() -> None:
     """``preexec_fn`` for a test run as root (as CI runs): drop the capabilities that bypass file
     permissions from the bounding set, so the ``hqtd`` it executes stays root (it may read its
     interpreter in /root and the tests' private tmp folders) but meets read-only folders as any
-    user does. Dropped from the bounding set, they cannot come back across ``execve``."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    user does. Dropped from the bounding set, they cannot come back across ``execve``. (libc is
+    loaded by the parent: the forked child only calls into it.)"""
     for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
         if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {capability}) failed")
