@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from hqtd.errors import HqtdError
 
@@ -144,8 +145,16 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     print(compare(args.rev_a, args.rev_b, grid=args.grid, scoring=_scoring(args)))
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A mistake on the command line ends in one line, as other user errors do (argparse prints
+    the whole usage first); the subcommand parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="hqtd",
         description="EHTDI domain-adaptive segmentation: data, training, evaluation, tables.",
     )

@@ -49,7 +49,8 @@ HEADER = """\
 # current; the tests check it too). `dvc repro` runs the stages one at a time; `snakemake --cores N`
 # runs the same commands in parallel, and `dvc commit -f` then records what it produced.
 #
-# Data folders are not cached (they are regenerated from the raw data); checkpoints are cached and
+# Data folders are not cached (they are regenerated from the raw data) but persist, so that a rerun
+# of `hqtd prepare` reuses the files it converted; checkpoints are cached and
 # persist across reruns so that `hqtd train` can resume; metrics, logs, tables and figures are small
 # and committed to git. Each grid has its own results/{{runs,tables,figures}}/<grid> folders.
 """
@@ -115,7 +116,8 @@ def _prepare_stage(grid: Grid) -> dict:
             "cmd": f"hqtd prepare ${{item.format}} --root {DATA_ROOT}/raw/${{key}} "
             f"--out {DATA_ROOT}/prepared/${{key}} --workers 2 ${{item.args}}",
             "deps": [f"{DATA_ROOT}/raw/${{key}}", *code_deps("prepare")],
-            "outs": _outs([f"{DATA_ROOT}/prepared/${{key}}"], cache=False),
+            # persist: `dvc repro` keeps the folder, so `hqtd prepare` reuses what it converted
+            "outs": _outs([f"{DATA_ROOT}/prepared/${{key}}"], persist=True, cache=False),
         },
     }
 

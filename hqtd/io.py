@@ -26,6 +26,16 @@ def plain_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def cannot_write(path: Path, error: OSError) -> HqtdError:
+    """The one-line error for a folder that cannot be created or written: read-only, or a file
+    where a folder should be (``mkdir`` says only "File exists" then)."""
+    if isinstance(error, FileExistsError) and error.filename:
+        why = f"a file is in the way: {error.filename}"
+    else:
+        why = error.strerror
+    return HqtdError(f"{path}: cannot write here ({why})")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is fsynced, given the mode a plain
@@ -41,7 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             prefix=f".{target.name}.", suffix=TEMPORARY_SUFFIX, dir=target.parent
         )
     except OSError as error:
-        raise HqtdError(f"{target}: cannot write here ({error.strerror})") from None
+        raise cannot_write(target, error) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -61,7 +61,7 @@ from hqtd.evaluate import (
     score_summary,
     selection_score,
 )
-from hqtd.io import atomic_path, sweep_temporaries, write_json, write_text
+from hqtd.io import atomic_path, cannot_write, sweep_temporaries, write_json, write_text
 from hqtd.models.checkpoints import load_weights, state_checksum, verify_checksum
 from hqtd.models.deeplabv2 import build_model
 from hqtd.provenance import differences, run_identity
@@ -644,7 +644,7 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
         run_dir.mkdir(parents=True, exist_ok=True)
         handle = _locked_handle(run_dir / LOCK_FILE)
     except OSError as error:
-        raise HqtdError(f"{run_dir}: cannot write here ({error.strerror})") from None
+        raise cannot_write(run_dir, error) from None
     try:
         yield
     finally:

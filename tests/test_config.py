@@ -119,7 +119,24 @@ def test_resize_of_zero_is_refused_in_one_line(tmp_path, capsys):
         main(["prepare", "gta5", "--root", str(tmp_path), "--out", str(out), "--resize", "0x0"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "positive WIDTHxHEIGHT" in err and "Traceback" not in err and not out.exists()
+    assert err.count("\n") == 1 and "Traceback" not in err and not out.exists()
+    assert "argument --resize: expected a positive WIDTHxHEIGHT, got '0x0'" in err
+
+
+def test_command_line_mistakes_are_one_line(tmp_path, capsys):
+    for argv, expected in [
+        (
+            ["prepare", "gta5", "--root", str(tmp_path)],
+            "the following arguments are required: --out",
+        ),
+        (["prepare", "gta6"], "argument dataset: invalid choice: 'gta6'"),
+        (["trian"], "invalid choice: 'trian'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err and "--help)" in err, err
 
 
 def test_yaml_round_trip(tmp_path):

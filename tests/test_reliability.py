@@ -4,16 +4,25 @@ nothing was lost or left behind."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import stat
 import struct
+import subprocess
+import sys
+import time
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from raw_datasets import make_gta5
+from test_dag import BIN
+from test_paper_grid import workdir
 
 # The tiny prepared mini benchmark fixture of test_train.
 from test_train import (
@@ -313,23 +322,141 @@ def test_tables_out_below_a_file_is_one_line(tmp_path: Path, capsys: pytest.Capt
     assert str(blocker / "t") in err and "cannot write here" in err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("command", ["synth", "prepare", "tables"])
+def test_out_pointing_at_a_file_is_one_line(
+    data_root: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    command: str,
+):
+    out = tmp_path / "afile"
+    out.write_text("x\n")
+    runs = Path(__file__).parent.parent / "results" / "runs" / "demo"
+    inputs = {
+        "synth": [],
+        "prepare": ["gta5", "--root", str(data_root / "raw" / "mini_gta5"), "--workers", "1"],
+        "tables": ["--runs", str(runs)],
+    }[command]
+    err = one_line_error(capsys, [command, *inputs, "--out", str(out)])
+    assert "cannot write here" in err
+    assert f"(a file is in the way: {out})" in err or f"{out}/" in err and "Not a directory" in err
+    assert out.read_text() == "x\n" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+#: prctl(2) option and the capabilities that let root write into any folder and read any file.
+PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 24, 1, 2
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def without_root_file_access() -> None:
+    """``preexec_fn`` for a test run as root (as CI runs): drop the capabilities that bypass file
+    permissions from the bounding set, so the ``hqtd`` it executes stays root (it may read its
+    interpreter in /root and the tests' private tmp folders) but meets read-only folders as any
+    user does. Dropped from the bounding set, they cannot come back across ``execve``. (libc is
+    loaded by the parent: the forked child only calls into it.)"""
+    for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl(PR_CAPBSET_DROP, {capability}) failed")
+
+
+def hqtd_one_line_error(*args: str) -> str:
+    """Run ``hqtd ARGS`` in a subprocess that read-only folders stop, root or not: exit status 2
+    and exactly one line on stderr, without a traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "hqtd.cli", *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=without_root_file_access if os.geteuid() == 0 else None,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    err = result.stderr.strip()
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture
+def read_only() -> Iterator[Callable[..., None]]:
+    """``read_only(*folders)`` makes folders read-only (mode 0555) until the test ends."""
+    folders: list[Path] = []
+
+    def make(*paths: Path) -> None:
+        for folder in paths:
+            folder.chmod(0o555)
+            folders.append(folder)
+
+    yield make
+    for folder in folders:
+        folder.chmod(0o755)
+
+
 def test_read_only_run_and_eval_folders_are_one_line(
     data_root: Path,  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture,
+    read_only: Callable[..., None],
 ):
     interrupted_run(data_root, tmp_path, monkeypatch)
     before = tree(tmp_path)
-    for folder in (tmp_path, tmp_path / "checkpoints"):
-        folder.chmod(0o555)
-    try:
-        err = one_line_error(capsys, ["train", *run_args(data_root, tmp_path, *SHORT_SOURCE_ONLY)])
-        assert "cannot write here" in err
-        err = one_line_error(capsys, ["evaluate", f"run_dir={tmp_path}", "protocol=strict"])
-        assert "cannot write here" in err and str(tmp_path / "eval") in err
-    finally:
-        for folder in (tmp_path, tmp_path / "checkpoints"):
-            folder.chmod(0o755)
-    assert tree(tmp_path) == before
+    read_only(tmp_path, tmp_path / "checkpoints")
+    err = hqtd_one_line_error("train", *run_args(data_root, tmp_path, *SHORT_SOURCE_ONLY))
+    assert "cannot write here" in err and str(tmp_path) in err
+    err = hqtd_one_line_error("evaluate", f"run_dir={tmp_path}", "protocol=strict")
+    assert "cannot write here" in err and str(tmp_path / "eval") in err
+    assert tree(tmp_path) == before  # nothing written, nothing lost
+
+
+def test_read_only_prepare_and_tables_folders_are_one_line(
+    data_root: Path,  # noqa: F811
+    tmp_path: Path,
+    read_only: Callable[..., None],
+):
+    prepared, tables = tmp_path / "prepared", tmp_path / "tables"
+    for folder in (prepared, tables):
+        folder.mkdir()
+    read_only(prepared, tables)
+    raw = data_root / "raw" / "mini_gta5"
+    err = hqtd_one_line_error("prepare", "gta5", "--root", str(raw), "--out", str(prepared))
+    assert "cannot write here" in err and str(prepared) in err
+    runs = Path(__file__).parent.parent / "results" / "runs" / "demo"
+    err = hqtd_one_line_error("tables", "--runs", str(runs), "--out", str(tables))
+    assert "cannot write here" in err and str(tables) in err
+    assert not any(prepared.iterdir()) and not any(tables.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------
+# Workflow recovery: a killed Snakemake, then the README's "After a crash" commands
+
+
+@pytest.mark.slow
+def test_rerun_incomplete_prepare_resumes_its_converted_files(tmp_path: Path):
+    """The real Snakemake, killed (with its job) while `hqtd prepare` converts: the converted labels
+    survive, and `--unlock` then `--rerun-incomplete` converts only the rest."""
+    samples = 300  # 16x16 each: enough conversion time to kill the job in the middle
+    data = tmp_path / "data"
+    make_gta5(data / "raw" / "gta5", n=samples)
+    (tmp_path / "work").mkdir()
+    work = workdir(tmp_path / "work")
+    target = data / "prepared" / "gta5" / "manifest.json"
+    labels = target.parent / "labels" / "train"
+    snakemake = [BIN / "snakemake", "--cores", "1", "--config", "grid=paper", f"data_root={data}"]
+    quiet = {"cwd": work, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen([*snakemake, "--", target], start_new_session=True, **quiet)
+    while process.poll() is None and len(list(labels.glob("*.png"))) < 2:
+        time.sleep(0.002)
+    os.killpg(process.pid, signal.SIGKILL)  # Snakemake and its job, as a crash would
+    process.wait()
+    assert not target.exists(), "prepare finished before it could be killed"
+    kept = {path.name: path.stat().st_mtime_ns for path in labels.glob("*.png")}
+    assert 2 <= len(kept) < samples
+
+    locked = subprocess.run([*snakemake, "--", target], cwd=work, capture_output=True, text=True)
+    assert locked.returncode != 0 and "LockException" in locked.stdout + locked.stderr
+    subprocess.run([*snakemake, "--unlock"], check=True, **quiet)
+    subprocess.run([*snakemake, "--rerun-incomplete", "--", target], check=True, **quiet)
+
+    log = (work / "logs" / "prepare_gta5.log").read_text()
+    assert f"({samples - len(kept)} converted, {len(kept)} up to date" in log, log
+    assert {name: (labels / name).stat().st_mtime_ns for name in kept} == kept  # not rewritten
+    assert json.loads(target.read_text())["counts"] == {"train": samples}

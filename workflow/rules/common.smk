@@ -79,7 +79,8 @@ def resource(step: str, key: str):
 
 
 def prepared(dataset: str) -> str:
-    return f"{PREPARED}/{dataset}"
+    """The manifest of a prepared dataset: the prepare job's only declared output."""
+    return f"{PREPARED}/{dataset}/manifest.json"
 
 
 def train_inputs(wildcards) -> dict[str, str]:

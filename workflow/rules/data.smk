@@ -21,12 +21,16 @@ rule synth:
         "hqtd synth --out {params.out} > {log} 2>&1"
 
 
+# Only the manifest (written last) is declared, not the folder: Snakemake deletes the declared
+# outputs of a failed, killed or rerun job, and `hqtd prepare` reuses every converted file it
+# finds complete and up to date, so `--rerun-incomplete` after a crash resumes the conversion.
 rule prepare:
     input:
         raw=f"{RAW}/{{dataset}}",
     output:
-        prepared=directory(f"{PREPARED}/{{dataset}}"),
+        manifest=prepared("{dataset}"),
     params:
+        out=lambda wildcards, output: Path(output.manifest).parent,
         format=lambda wildcards: GRID.datasets[wildcards.dataset],
         args=lambda wildcards: shlex.join(GRID.prepare_args[wildcards.dataset]),
     log:
@@ -39,5 +43,5 @@ rule prepare:
         mem_mb=resource("prepare", "mem_mb"),
         runtime=resource("prepare", "runtime"),
     shell:
-        "hqtd prepare {params.format} --root {input.raw} --out {output.prepared}"
+        "hqtd prepare {params.format} --root {input.raw} --out {params.out}"
         " --workers {threads} {params.args} > {log} 2>&1"
