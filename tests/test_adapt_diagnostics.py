@@ -32,7 +32,7 @@ def probabilities() -> torch.Tensor:
 
 
 class Fixed(nn.Module):
-    """A 'network' whose main logits are log(probs) whatever the image (softmax gives probs back)."""
+    """A 'network' whose main logits are log(probs) whatever the image (softmax: probs again)."""
 
     def __init__(self, probs: torch.Tensor) -> None:
         super().__init__()
@@ -77,7 +77,8 @@ def test_undefined_fractions_are_none():
     nothing = torch.zeros(1, 2, 2, dtype=torch.bool)
     label = torch.full((1, 2, 2), X)
     pred = torch.zeros(1, 2, 2, dtype=torch.long)
-    summary = diagnostic_summary(diagnostic_counts(pred, nothing, torch.full_like(pred, X), label, 2))
+    counts = diagnostic_counts(pred, nothing, torch.full_like(pred, X), label, 2)
+    summary = diagnostic_summary(counts)
     assert summary["pseudo_label_accuracy"] is None and summary["paste_precision"] is None
     assert summary["mask_coverage"] == [None, None] and summary["paste_share"] == [None, None]
 
@@ -93,8 +94,8 @@ def test_pseudo_label_diagnostics_scores_teacher_and_student_in_eval_mode():
     assert summary["paste_precision_boundary"] == pytest.approx(5 / 6)  # k = 3: every pixel
     # ŷ^t from another teacher (all class 2): accuracy is the share of class-2 pixels, while
     # the mask fractions still come from the student
-    teacher.logits = torch.tensor([0.0, 0.0, 5.0]).log_softmax(0)[None, :, None, None].expand(
-        1, 3, 4, 4
+    teacher.logits = (
+        torch.tensor([0.0, 0.0, 5.0]).log_softmax(0)[None, :, None, None].expand(1, 3, 4, 4)
     )
     other = pseudo_label_diagnostics(student, teacher, images, truth, 0.9, 3)
     assert other["pseudo_label_accuracy"] == pytest.approx(4 / 14)

@@ -1,4 +1,4 @@
-"""Pseudo-label diagnostics during adaptation (issue 14): how good are ŷ^t, M^t and what step 6 pastes?
+"""Pseudo-label diagnostics during adaptation (issue 14): how good are ŷ^t, M^t and the paste?
 
 At each validation, with ``train.diagnostics=N``, the training loop scores the method's own target
 pseudo-labels on a fixed subset of N *labelled* target-train images (every N-th image of the split,
@@ -11,9 +11,9 @@ images give comparable numbers at every validation):
 - ``coverage`` and ``mask_coverage`` (per class c): the share of the labelled pixels (of class c)
   inside the confident mask M^t = [max_c p^w > T_max] (step 5);
 - ``paste_precision`` and ``mask_precision`` (per class c): the share of the labelled pixels of M^t
-  (with y^w = c) whose y^w is the true label. M^t is exactly what step 6 pastes onto the source crop,
-  with the labels y^w (with §5 the paste adds source pixels M^s, which carry ground truth), so this
-  is the precision of the pasted labels;
+  (with y^w = c) whose y^w is the true label. M^t is exactly what step 6 pastes onto the source
+  crop, with the labels y^w (with §5 the paste adds source pixels M^s, which carry ground truth),
+  so this is the precision of the pasted labels;
 - ``paste_precision_boundary``: the same within :data:`BOUNDARY_PX` pixels of the pasted regions'
   boundaries, i.e. on the pasted pixels that have an unpasted pixel within a (2k+1)² window — the
   target-domain edges the paper credits step 6 with;
