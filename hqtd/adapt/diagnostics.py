@@ -164,7 +164,6 @@ def pseudo_label_diagnostics(
     labels: Tensor,
     t_max: float,
     num_classes: int,
-    forward_context: contextlib.AbstractContextManager | None = None,
 ) -> dict[str, float | list[float | None] | None]:
     """ŷ^t, M^t and the step-6 paste scored against the true labels of fixed target images.
 
@@ -175,7 +174,8 @@ def pseudo_label_diagnostics(
         labels: (N, H, W) int64 true labels (``IGNORE`` = 255), same device.
         t_max: T_max of step 5.
         num_classes: C.
-        forward_context: entered around each forward pass (e.g. the run's autocast).
+
+    Run it under the training's autocast to score the networks as they train (bf16).
 
     Returns:
         :func:`diagnostic_summary` of the counts summed over the N images.
@@ -183,9 +183,8 @@ def pseudo_label_diagnostics(
     total: dict[str, Tensor] = {}
     with eval_modes(student, teacher):
         for image, label in zip(images.split(1), labels.split(1), strict=True):
-            with forward_context or contextlib.nullcontext():
-                logits = student(image, aux=False).main  # (1, C, H, W)
-                teacher_logits = logits if teacher is student else teacher(image, aux=False).main
+            logits = student(image, aux=False).main  # (1, C, H, W)
+            teacher_logits = logits if teacher is student else teacher(image, aux=False).main
             mask, mask_label = confident_labels(logits.float().softmax(dim=1), t_max)
             counts = diagnostic_counts(
                 pseudo_labels(teacher_logits), mask, mask_label, label, num_classes
