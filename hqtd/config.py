@@ -167,6 +167,9 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads, 0 = torch default
     determinism: Determinism = Determinism.default  # CPU kernel pinning (README, determinism)
     on_change: OnChange = OnChange.refuse  # run_dir holds another computation (hqtd.train)
+    # Pseudo-label diagnostics at each validation on this many fixed labelled target-train images
+    # (hqtd.adapt.diagnostics; adaptation only); 0 = off. They leave training unchanged.
+    diagnostics: int = 0
 
 
 @dataclass
@@ -275,6 +278,7 @@ def check_ranges(config: Config) -> None:
         "train.threads": tc.threads,
         "train.weight_decay": tc.weight_decay,
         "train.momentum": tc.momentum,
+        "train.diagnostics": tc.diagnostics,
     }
     for key, value in positive.items():
         if not value > 0:

@@ -9,10 +9,11 @@ DistributedDataParallel (gloo on CPU, NCCL on CUDA); only rank 0 writes files.
 
 Run directory: ``config.yaml``, ``train_log.jsonl`` (loss terms and lr every ``train.log_every``
 iterations), ``val_log.jsonl`` (EMA mIoU and per-class IoU on target val every
-``train.eval_every``, or every epoch with ``train.eval_per_epoch``), the same scalars as
-TensorBoard events in ``tensorboard/``, ``checkpoints/last.pt`` and ``checkpoints/best.pt``,
-``provenance.json`` (the code, data and initial-weights fingerprint of
-:func:`hqtd.provenance.run_identity`), and ``done`` at the end.
+``train.eval_every``, or every epoch with ``train.eval_per_epoch``; with ``train.diagnostics=N``
+also the pseudo-label ``diagnostics`` of :mod:`hqtd.adapt.diagnostics` on N fixed labelled
+target-train images), the same scalars as TensorBoard events in ``tensorboard/``,
+``checkpoints/last.pt`` and ``checkpoints/best.pt``, ``provenance.json`` (the code, data and
+initial-weights fingerprint of :func:`hqtd.provenance.run_identity`), and ``done`` at the end.
 
 A run directory is resumed (or, finished, left alone) only for the same computation: the same
 config (except :data:`RESUMABLE_KEYS`), code, data and initial weights. Otherwise ``hqtd train``
@@ -46,8 +47,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from hqtd.adapt.diagnostics import pseudo_label_diagnostics
 from hqtd.adapt.ema import ModelEMA
-from hqtd.adapt.step import adaptation_step, supervised_step
+from hqtd.adapt.step import adaptation_step, pseudo_label_model, supervised_step
 from hqtd.config import Config, DatasetConfig, OnChange, Stage, from_yaml, to_yaml
 from hqtd.data.datasets import SegmentationDataset, image_resample
 from hqtd.data.labels import class_names
@@ -68,7 +70,9 @@ from hqtd.provenance import differences, run_identity
 
 CHECKPOINT_FORMAT = "hqtd-train-v1"
 #: Settings that may change between a run and its resume: they do not change the results.
-RESUMABLE_KEYS = ("train.device", "train.num_workers", "train.threads", "train.on_change")
+RESUMABLE_KEYS = (
+    "train.device", "train.num_workers", "train.threads", "train.on_change", "train.diagnostics",
+)  # fmt: skip
 PROVENANCE_FILE = "provenance.json"
 #: Held (flock) by the ``hqtd train`` process at work in a run directory; names it (pid, host).
 LOCK_FILE = "train.lock"
@@ -395,11 +399,20 @@ class RunLog:
                 self.writer.add_scalar(f"train/{name}", value, step)
 
     def val(self, record: dict[str, Any]) -> None:
-        """One EMA evaluation: the means under ``val/``, each class's IoU under ``val_iou/``."""
+        """One EMA evaluation: the means under ``val/``, each class's IoU under ``val_iou/``; the
+        pseudo-label diagnostics, when the record has them, under ``diag/`` (overall fractions)
+        and ``diag_<name>/<class>`` (per-class ones)."""
         append_log(self.run_dir / "val_log.jsonl", record)
         step = record["iteration"]
-        scalars = {f"val/{k}": v for k, v in record.items() if k not in ("iteration", "iou")}
+        nested = ("iteration", "iou", "diagnostics")
+        scalars = {f"val/{k}": v for k, v in record.items() if k not in nested}
         scalars |= {f"val_iou/{n}": v for n, v in zip(self.class_names, record["iou"], strict=True)}
+        for name, value in record.get("diagnostics", {}).items():
+            if isinstance(value, list):
+                named = zip(self.class_names, value, strict=True)
+                scalars |= {f"diag_{name}/{n}": v for n, v in named}
+            else:
+                scalars[f"diag/{name}"] = value
         for tag, value in scalars.items():
             if value is not None:  # a class absent from val and never predicted has no IoU
                 self.writer.add_scalar(tag, value, step)
@@ -486,6 +499,36 @@ def stage_datasets(config: Config) -> tuple[SegmentationDataset, SegmentationDat
     if config.method.stage is Stage.oracle:
         return dataset(bench.target, bench.target_size), None
     return dataset(bench.source, bench.source_size), dataset(bench.target, bench.target_size)
+
+
+def diagnostic_images(config: Config) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The fixed labelled target-train images of ``train.diagnostics`` (None when off or not an
+    adaptation run): ``train.diagnostics`` evenly spaced images of the target split at
+    ``benchmark.target_size``, without augmentation; their labels are for scoring only.
+
+    Returns:
+        uint8 images (N, 3, H, W) and int64 labels (N, H, W) on the CPU.
+    """
+    count = config.train.diagnostics
+    if count == 0 or config.method.stage is not Stage.adapt:
+        return None
+    bench = config.benchmark
+    target = SegmentationDataset(
+        bench.target.root,
+        bench.target.split,
+        tuple(bench.target_size),
+        bench.num_classes,
+        train=False,  # no flip or blur: no global random draw, the same images every time
+        image_resample=image_resample(config.method.augmentation),
+    )
+    items = [target[i] for i in evenly_spaced(len(target), count)]
+    return torch.stack([i["image"] for i in items]), torch.stack([i["label"] for i in items])
+
+
+def evenly_spaced(size: int, count: int) -> list[int]:
+    """``min(count, size)`` distinct indices spread evenly over ``range(size)``, first and last
+    included."""
+    return sorted({int(i) for i in np.linspace(0, size - 1, min(count, size))})
 
 
 def epoch_length(config: Config, dataset_sizes: list[int], world_size: int) -> int:
@@ -725,6 +768,28 @@ def validate(ema: ModelEMA, val_set: Dataset, config: Config, runtime: Runtime) 
     return score_summary(conf)
 
 
+def diagnose(
+    model: nn.Module,
+    ema: ModelEMA,
+    images_labels: tuple[torch.Tensor, torch.Tensor],
+    config: Config,
+    device: torch.device,
+) -> dict[str, Any]:
+    """:func:`~hqtd.adapt.diagnostics.pseudo_label_diagnostics` of the networks the step
+    pseudo-labels with, on :func:`diagnostic_images` (rank 0 only; no collective operation)."""
+    images, labels = images_labels
+    teacher = pseudo_label_model(model, ema, config.method)
+    with autocast(device, config.train.precision):
+        return pseudo_label_diagnostics(
+            model,
+            teacher,
+            images_to_float(images, device, config.train.channels_last),
+            labels.to(device),
+            config.method.t_max,
+            config.benchmark.num_classes,
+        )
+
+
 def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]) -> None:
     """The training loop (see :func:`train`)."""
     tc, device, run_dir = config.train, runtime.device, Path(config.run_dir)
@@ -739,6 +804,7 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
         train=False,
         image_resample=image_resample(config.method.augmentation),
     )
+    diagnostic_set = diagnostic_images(config) if runtime.is_main else None
     checkpoint = prepare_run_dir(config, runtime, resume, identity)
     total = total_iterations(config)
 
@@ -817,7 +883,10 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
         if (epoch_end if tc.eval_per_epoch else done % tc.eval_every == 0) or done == total:
             scores = validate(ema, val_set, config, runtime)
             if log is not None:
-                log.val({"iteration": done, **scores})
+                extra = {}
+                if diagnostic_set is not None:
+                    extra["diagnostics"] = diagnose(model, ema, diagnostic_set, config, device)
+                log.val({"iteration": done, **scores, **extra})
                 tqdm.write(f"iteration {done}: EMA mIoU {scores['mIoU']} (percent) on target val")
             if selection_score(scores) > best_score:
                 best_score = selection_score(scores)

@@ -86,6 +86,7 @@ def test_bad_configuration_is_one_clear_error(overrides, message):
         ("train.source_only_iterations=0", "greater than 0"),
         ("train.iterations=0", "greater than 0"),
         ("train.num_workers=-1", "0 or more"),
+        ("train.diagnostics=-1", "0 or more"),
         ("train.lr=-0.01", "greater than 0"),
         ("seed=-1", "0 or more"),
         ("benchmark.crop_size=0", "greater than 0"),

@@ -19,6 +19,7 @@ from hqtd.grid import load_grid
 from hqtd.metrics import confusion_counts
 from hqtd.report.figures import (
     DPI,
+    diagnostic_curves,
     featured_method,
     iou_bars,
     predict,
@@ -44,8 +45,8 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """results/runs of mini_gta5 with source_only seeds 0, 1 and full seed 0 (2 iterations each),
-    evaluated under the paper protocol."""
+    """results/runs of mini_gta5 with source_only seeds 0, 1 and full seed 0 (2 iterations each,
+    the latter with pseudo-label diagnostics), evaluated under the paper protocol."""
     root = tmp_path_factory.mktemp("figures")
     generate(root / "raw", seed=0, counts=Counts(2, 2, 2, 3), workers=1)
     for name, kind in (("mini_gta5", "gta5"), ("mini_cityscapes", "cityscapes")):
@@ -57,7 +58,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         train(load_config([*common, "method=source_only", f"seed={seed}", f"run_dir={run_dir}"]))
     init = runs / "mini_gta5" / "source_only" / "seed0" / "checkpoints" / "last.pt"
     full = runs / "mini_gta5" / "full" / "seed0"
-    train(load_config([*common, "method=full", f"run_dir={full}", f"train.init_checkpoint={init}"]))
+    train(load_config([*common, "method=full", f"run_dir={full}", f"train.init_checkpoint={init}",
+                       "train.diagnostics=2"]))  # fmt: skip
     for run_dir in sorted(runs.glob("*/*/seed*")):
         evaluate_command([f"run_dir={run_dir}", "protocol=paper"])
     return runs
@@ -66,7 +68,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_figures_are_written_and_byte_stable(runs, tmp_path):
     first = write_figures(runs, tmp_path / "a")
     names = ["iou_mini_gta5.png", "boundary_mini_gta5.png", "curves_mini_gta5.png",
-             "qualitative_mini_gta5.png"]  # fmt: skip
+             "diagnostics_mini_gta5.png", "qualitative_mini_gta5.png"]  # fmt: skip
     assert [p.name for p in first] == names
     second = write_figures(runs, tmp_path / "b")
     for a, b in zip(first, second, strict=True):
@@ -80,8 +82,9 @@ def test_panel_is_skipped_without_checkpoints(runs, tmp_path, capsys):
     copy = tmp_path / "runs"
     shutil.copytree(runs, copy, ignore=shutil.ignore_patterns("*.pt"))
     written = write_figures(copy, tmp_path / "out")
-    assert [p.name for p in written] == ["iou_mini_gta5.png", "boundary_mini_gta5.png",
-                                         "curves_mini_gta5.png"]  # fmt: skip
+    names = ["iou_mini_gta5.png", "boundary_mini_gta5.png", "curves_mini_gta5.png",
+             "diagnostics_mini_gta5.png"]  # fmt: skip
+    assert [p.name for p in written] == names
     assert "qualitative panel skipped" in capsys.readouterr().out
 
 
@@ -95,7 +98,8 @@ def test_cli_reads_and_writes_the_folders_of_its_grid(runs, tmp_path, monkeypatc
     assert main(["figures", "--grid", "mini", *narrowing]) == 0
     assert sorted(p.name for p in Path("results/figures").iterdir()) == [grid.folder]
     written = sorted(p.name for p in grid.figures_dir.iterdir())
-    assert written == ["boundary_mini_gta5.png", "curves_mini_gta5.png", "iou_mini_gta5.png"]
+    assert written == ["boundary_mini_gta5.png", "curves_mini_gta5.png",
+                       "diagnostics_mini_gta5.png", "iou_mini_gta5.png"]  # fmt: skip
     assert main(["figures"]) == 2  # the default grid, demo, has no runs here
 
 
@@ -117,6 +121,23 @@ def test_val_curves_average_seeds_at_common_iterations():
     curves = {"full": [[(100, 10.0), (200, 30.0)], [(100, 20.0), (200, 50.0), (300, 60.0)]]}
     line = val_curves(curves, "mini_gta5").axes[0].lines[0]
     assert line.get_xydata().tolist() == [[100.0, 15.0], [200.0, 40.0]]
+
+
+def test_diagnostic_curves_average_seeds_and_leave_gaps_for_undefined_values():
+    def diag(accuracy, boundary):
+        keys = ("coverage", "paste_precision")
+        return {"pseudo_label_accuracy": accuracy, "paste_precision_boundary": boundary,
+                **dict.fromkeys(keys, 0.5)}  # fmt: skip
+
+    seed0 = [(100, diag(0.2, 0.1)), (200, diag(0.4, None))]
+    seed1 = [(100, diag(0.4, 0.3)), (200, diag(0.6, None)), (300, diag(0.9, 1.0))]
+    curves = {"full": [seed0, seed1]}
+    fig = diagnostic_curves(curves, "mini_gta5")
+    accuracy, _, precision = fig.axes
+    np.testing.assert_allclose(accuracy.lines[0].get_xydata(), [[100, 0.3], [200, 0.5]])
+    boundary = precision.lines[1].get_xydata()
+    assert precision.lines[1].get_linestyle() == "--"
+    assert boundary[0].tolist() == pytest.approx([100, 0.2]) and np.isnan(boundary[1, 1])
 
 
 def test_iou_bars_are_seed_means():

@@ -286,7 +286,8 @@ def test_truncate_log_drops_entries_after_the_checkpoint_and_partial_lines(tmp_p
 
 def test_config_differences_name_keys_and_ignore_machine_settings():
     base = load_config(["run_dir=r"])
-    same = load_config(["run_dir=r", "train.device=cpu", "train.num_workers=7", "train.threads=3"])
+    same = load_config(["run_dir=r", "train.device=cpu", "train.num_workers=7", "train.threads=3",
+                        "train.diagnostics=16"])  # fmt: skip
     assert config_differences(base, same) == []
     other = load_config(["run_dir=r", "seed=1", "method.t_max=0.9", "model.mini_width=24"])
     assert config_differences(base, other) == ["method.t_max", "model.mini_width", "seed"]
@@ -381,6 +382,46 @@ def test_adaptation_is_deterministic_and_evaluates_both_protocols(
     best = max(read_jsonl(a / "val_log.jsonl"), key=lambda r: r["mIoU"])
     assert paper["mIoU"] == pytest.approx(best["mIoU"])
     assert paper["iou"] == pytest.approx(best["iou"], nan_ok=True)
+
+
+def test_diagnostics_leave_training_byte_identical(
+    data_root: Path, source_checkpoint: Path, tmp_path: Path, capsys
+):
+    """Issue 14: pseudo-label diagnostics at each validation change nothing that training writes;
+    they are logged in val_log.jsonl and TensorBoard; turning them on needs no retraining."""
+    for name, diagnostics in (("off", 0), ("on", 3)):
+        random.random(), np.random.random()  # whatever the global RNGs held before the run
+        # T_max near the median confidence of the 6-iteration network: a mask with boundaries
+        args = adapt_args(data_root, tmp_path / name, source_checkpoint, "method.t_max=0.75",
+                          f"train.diagnostics={diagnostics}")  # fmt: skip
+        train(load_config(args))
+    off, on = tmp_path / "off", tmp_path / "on"
+    for name in ("train_log.jsonl", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (off / name).read_bytes() == (on / name).read_bytes(), name
+    val_off, val_on = read_jsonl(off / "val_log.jsonl"), read_jsonl(on / "val_log.jsonl")
+    assert [r["iteration"] for r in val_on] == [3, 6]
+    assert [{k: v for k, v in r.items() if k != "diagnostics"} for r in val_on] == val_off
+    fractions = {"pseudo_label_accuracy", "coverage", "paste_precision",
+                 "paste_precision_boundary"}  # fmt: skip
+    per_class = {"mask_precision", "mask_coverage", "paste_share"}
+    for record in val_on:
+        diag = record["diagnostics"]
+        assert set(diag) == fractions | per_class
+        assert all(0 <= diag[k] <= 1 for k in fractions) and diag["coverage"] > 0
+        for key in per_class:
+            assert len(diag[key]) == 19
+            assert all(v is None or 0 <= v <= 1 for v in diag[key])
+        assert sum(v for v in diag["paste_share"] if v is not None) == pytest.approx(1)
+    scalars = tensorboard_scalars(on)
+    accuracy = [(r["iteration"], pytest.approx(r["diagnostics"]["pseudo_label_accuracy"]))
+                for r in val_on]  # fmt: skip
+    assert scalars["diag/pseudo_label_accuracy"] == accuracy
+    assert any(tag.startswith("diag_mask_coverage/") for tag in scalars)
+    # a finished run with diagnostics switched on is the same computation: nothing to retrain
+    capsys.readouterr()
+    args = adapt_args(data_root, off, source_checkpoint, "method.t_max=0.75", "train.diagnostics=3")
+    train(load_config(args))
+    assert "run complete, nothing to do" in capsys.readouterr().out
 
 
 def test_authors_augmentation_resizes_bicubic_and_runs_to_evaluation(

@@ -332,6 +332,13 @@ def contrastive_terms(
     return terms
 
 
+def pseudo_label_model(student: nn.Module, ema: ModelEMA, method: MethodConfig) -> nn.Module:
+    """The network of the no-grad pseudo-label passes (step 3, §5): the EMA copy when
+    ``method.pseudo_label_model`` is ``ema``, else ``student`` (p^w, step 5, is always the
+    student's)."""
+    return ema.module if method.pseudo_label_model is PseudoLabelModel.ema else student
+
+
 def adaptation_step(
     student: nn.Module,
     ema: ModelEMA,
@@ -367,7 +374,7 @@ def adaptation_step(
     if not (method.self_training or method.t2s or contrastive):
         return _result(total_loss(terms, weights), terms)
 
-    teacher = ema.module if method.pseudo_label_model is PseudoLabelModel.ema else student
+    teacher = pseudo_label_model(student, ema, method)
     views = mixed_target_views(teacher, source, target, method, cfg.benchmark.crop_size, generator)
     # Forward order as the authors': strong view, then weak view (steps 7 and 5), then the §5
     # crop, then x^{ts}. The aux head is only used by self-training (L_st,aux and its pseudo-labels

@@ -7,6 +7,10 @@
   runs have ``per_image.npz``;
 - ``curves_<benchmark>.png``: target-val mIoU of the EMA weights against training iteration, from
   each run's ``val_log.jsonl`` (mean over seeds, min-max band);
+- ``diagnostics_<benchmark>.png``: the pseudo-label diagnostics of runs trained with
+  ``train.diagnostics=N`` (:mod:`hqtd.adapt.diagnostics`) against training iteration: accuracy of
+  ŷ^t, coverage of M^t, precision of the pasted labels overall and near the paste boundary (mean
+  over seeds, min-max band); only where a run's ``val_log.jsonl`` has them;
 - ``qualitative_<benchmark>.png``: a few target val images, their ground truth and the predictions
   of source-only and the featured method (lowest common seed, the protocol's checkpoint, EMA
   weights) in the Cityscapes palette. Needs the runs' checkpoints; without them it is skipped.
@@ -21,6 +25,7 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,23 +151,69 @@ def read_val_log(path: Path) -> list[tuple[int, float]]:
     return points
 
 
+def seed_curve(ax: Any, seeds: list[list[tuple[int, float]]], colour: str, **style: Any) -> None:
+    """One line on ``ax``: the mean over ``seeds`` (one list of (iteration, value) points each)
+    at the iterations all seeds logged, with the seeds' min-max as a band."""
+    common = sorted(set.intersection(*(set(dict(points)) for points in seeds)))
+    values = np.array([[dict(points)[it] for it in common] for points in seeds])  # (seeds, T)
+    ax.plot(common, values.mean(0), marker="o", ms=3, color=colour, **style)
+    if len(seeds) > 1:
+        ax.fill_between(common, values.min(0), values.max(0), color=colour, alpha=0.2, lw=0)
+
+
 def val_curves(curves: dict[str, list[list[tuple[int, float]]]], benchmark: str) -> Figure:
     """One line per method: mean over its seeds at the iterations all seeds logged, with the
     seeds' min-max as a band. ``curves[method]`` holds one list of points per seed."""
     fig = Figure(figsize=(6, 3.6))
     ax = fig.add_subplot()
     for i, (method, seeds) in enumerate(curves.items()):
-        common = sorted(set.intersection(*(set(dict(points)) for points in seeds)))
-        values = np.array([[dict(points)[it] for it in common] for points in seeds])  # (seeds, T)
-        colour = COLOURS[i % len(COLOURS)]
-        label = f"{method} (n={len(seeds)})"
-        ax.plot(common, values.mean(0), marker="o", ms=3, color=colour, label=label)
-        if len(seeds) > 1:
-            ax.fill_between(common, values.min(0), values.max(0), color=colour, alpha=0.2, lw=0)
+        seed_curve(ax, seeds, COLOURS[i % len(COLOURS)], label=f"{method} (n={len(seeds)})")
     ax.set_xlabel("iteration")
     ax.set_ylabel("target val mIoU (%)")
     ax.set_title(f"{benchmark}: EMA weights during training", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def read_diagnostics(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(iteration, diagnostics) of the ``val_log.jsonl`` entries that have pseudo-label
+    diagnostics (``train.diagnostics``), in file order."""
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [(r["iteration"], r["diagnostics"]) for r in records if "diagnostics" in r]
+
+
+#: The panels of :func:`diagnostic_curves`: title, then (diagnostics key, line style) per line.
+DIAGNOSTIC_PANELS = (
+    ("accuracy of ŷ^t", (("pseudo_label_accuracy", "-"),)),
+    ("coverage of M^t", (("coverage", "-"),)),
+    ("pasted labels' precision\n(dashed: near the boundary)",
+     (("paste_precision", "-"), ("paste_precision_boundary", "--"))),
+)  # fmt: skip
+
+
+def diagnostic_curves(
+    curves: dict[str, list[list[tuple[int, dict[str, Any]]]]], benchmark: str
+) -> Figure:
+    """The pseudo-label diagnostics against iteration, a panel per quantity
+    (:data:`DIAGNOSTIC_PANELS`), one colour per method: mean over its seeds at the iterations all
+    seeds logged, min-max band. ``curves[method]`` holds one :func:`read_diagnostics` list per
+    seed; an undefined value (null) is a gap."""
+    fig = Figure(figsize=(10, 3.4))
+    axes = fig.subplots(1, len(DIAGNOSTIC_PANELS), sharex=True)
+    for ax, (title, lines) in zip(axes, DIAGNOSTIC_PANELS, strict=True):
+        for i, (method, seeds) in enumerate(curves.items()):
+            for key, style in lines:
+                points = [[(it, math.nan if d[key] is None else d[key]) for it, d in seed]
+                          for seed in seeds]  # fmt: skip
+                label = f"{method} (n={len(seeds)})" if style == "-" else None
+                seed_curve(ax, points, COLOURS[i % len(COLOURS)], ls=style, label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("fraction of pixels")
+    axes[0].legend(fontsize=7, frameon=False)
+    fig.suptitle(f"{benchmark}: target pseudo-labels on fixed labelled train images", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -258,13 +309,19 @@ def write_figures(runs: Path, out: Path, grid: Grid | str | None = None) -> list
             save_png(boundary, written[-1])
 
         curves: dict[str, list] = {}
+        diagnostics: dict[str, list] = {}
         for s in mine:
             log = runs / bench / s.method / f"seed{s.seed}" / "val_log.jsonl"
             if log.is_file():
                 curves.setdefault(s.method, []).append(read_val_log(log))
+                if diagnosed := read_diagnostics(log):
+                    diagnostics.setdefault(s.method, []).append(diagnosed)
         if curves:
             written.append(out / f"curves_{bench}.png")
             save_png(val_curves(curves, bench), written[-1])
+        if diagnostics:
+            written.append(out / f"diagnostics_{bench}.png")
+            save_png(diagnostic_curves(diagnostics, bench), written[-1])
 
         seeds = sorted(
             {s.seed for s in mine if s.method == BASELINE}
