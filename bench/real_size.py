@@ -32,6 +32,7 @@ import argparse
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -232,6 +233,7 @@ def pipeline(
     overrides = [
         "benchmark=gta5",
         "method=official",
+        "model.init=scratch",  # random weights, on purpose (no ImageNet file here)
         "seed=0",
         f"run_dir={run_dir}",
         f"data_root={work}",
@@ -302,11 +304,19 @@ def pipeline(
                 f"{len(CITYSCAPES_FRAMES['val'])} val images, labels {labels}",
             )
         )
+    # The paper grid narrowed to this run's settings, as `--config seeds=0 overrides=...` would:
+    # tables read only runs whose saved config is the grid's.
+    where = ("benchmark=", "method=", "seed=", "run_dir=", "data_root=", "train.init_checkpoint=")
+    settings = [o for o in train_overrides if not o.startswith(where)]
     tables = [
         *hqtd,
         "tables",
         "--grid",
         "paper",
+        "--seeds",
+        "0",
+        "--overrides",
+        shlex.join(settings),
         "--runs",
         str(runs),
         "--out",

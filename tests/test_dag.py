@@ -32,12 +32,16 @@ def normalise(command: str) -> str:
     return " ".join(words)
 
 
-def expected_commands(grid: Grid | None = None, data_root: str = "data") -> set[str]:
-    """Every command of a grid's DAG (default: the default grid), built from hqtd.grid alone."""
+def expected_commands(
+    grid: Grid | None = None, data_root: str = "data", narrowing: tuple[str, ...] = ()
+) -> set[str]:
+    """Every command of a grid's DAG (default: the default grid), built from hqtd.grid alone;
+    ``narrowing``: the report jobs' ``--seeds``/``--overrides`` of a ``--config`` narrowed grid."""
     grid = load_grid() if grid is None else grid
+    select = " ".join(["--grid", grid.name, *narrowing])
     commands = {
-        f"hqtd tables --out results/tables/{grid.name} --grid {grid.name}",
-        f"hqtd figures --out results/figures/{grid.name} --grid {grid.name}",
+        f"hqtd tables --out {grid.tables_dir} {select}",
+        f"hqtd figures --out {grid.figures_dir} {select}",
     }
     if grid.synthesized:
         commands.add(f"hqtd synth --out {data_root}/raw")

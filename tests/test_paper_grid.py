@@ -52,8 +52,11 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def check_jobs(jobs: list[dict[str, str]], grid: Grid, data_root: Path) -> None:
-    """The dry run holds each job of ``grid`` once: its commands, trained and evaluated runs."""
+def check_jobs(
+    jobs: list[dict[str, str]], grid: Grid, data_root: Path, narrowing: tuple[str, ...] = ()
+) -> None:
+    """The dry run holds each job of ``grid`` once: its commands, trained and evaluated runs
+    (``narrowing``: the report jobs' options of a narrowed grid)."""
     runs = grid.runs()
     expected_counts = {
         "prepare": len(grid.datasets),
@@ -65,7 +68,7 @@ def check_jobs(jobs: list[dict[str, str]], grid: Grid, data_root: Path) -> None:
     }
     assert Counter(job["rule"] for job in jobs) == expected_counts
     commands = {normalise(job["shell"]) for job in jobs if "shell" in job}
-    assert commands == expected_commands(grid, str(data_root))
+    assert commands == expected_commands(grid, str(data_root), narrowing)
     trained = {job["output"] for job in jobs if job["rule"] == "train"}
     assert trained == {f"{run.run_dir}/done" for run in runs}
 
@@ -107,7 +110,7 @@ def test_config_seeds_and_overrides_narrow_the_grid(data_root: Path, tmp_path: P
     config = ("grid=paper", f"data_root={data_root}", "seeds=[2,0]", "overrides=train.iterations=7")
     jobs = dry_run_jobs(workdir(tmp_path), config)
     grid = load_grid("paper").narrowed([0, 2], "train.iterations=7")
-    check_jobs(jobs, grid, data_root)
+    check_jobs(jobs, grid, data_root, ("--seeds", "0", "2", "--overrides", "train.iterations=7"))
     trains = [normalise(job["shell"]).split() for job in jobs if job["rule"] == "train"]
     assert all(words[-1] == "train.iterations=7" for words in trains)
     assert {word for words in trains for word in words if word.startswith("seed=")} == {
@@ -130,7 +133,12 @@ def test_narrowed_keeps_grid_order_and_appends_overrides():
     narrowed = paper.narrowed([2, 1], "model=mini 'train.lr=0.1'")
     assert narrowed.seeds == (1, 2)
     assert narrowed.overrides == ("model=mini", "train.lr=0.1")
-    assert narrowed.runs() == [run for run in paper.runs() if run.seed != 0]
+
+    def named(runs):
+        return [(run.benchmark, run.method, run.seed) for run in runs]
+
+    assert named(narrowed.runs()) == [r for r in named(paper.runs()) if r[2] != 0]
+    assert {run.grid for run in narrowed.runs()} == {narrowed.folder}  # its own folder
     demo = load_grid("demo")
     assert demo.narrowed(None, "train.iterations=5").overrides[-1] == "train.iterations=5"
     assert demo.narrowed(None, "train.iterations=5").overrides[:-1] == demo.overrides

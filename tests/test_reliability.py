@@ -440,7 +440,8 @@ def test_rerun_incomplete_prepare_resumes_its_converted_files(tmp_path: Path):
     work = workdir(tmp_path / "work")
     target = data / "prepared" / "gta5" / "manifest.json"
     labels = target.parent / "labels" / "train"
-    snakemake = [BIN / "snakemake", "--cores", "1", "--config", "grid=paper", f"data_root={data}"]
+    config = ["grid=paper", f"data_root={data}", "overrides=model.init=scratch"]  # no ImageNet file
+    snakemake = [BIN / "snakemake", "--cores", "1", "--config", *config]
     quiet = {"cwd": work, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     process = subprocess.Popen([*snakemake, "--", target], start_new_session=True, **quiet)
     while process.poll() is None and len(list(labels.glob("*.png"))) < 2:

@@ -691,7 +691,9 @@ def test_cli_mistakes_exit_2_with_one_line(
     assert str(missing) in err and "not found" in err
     args = run_args(data_root, tmp_path / "a", "method=full")
     assert "train.init_checkpoint" in cli_error(capsys, ["train", *args])
-    args = run_args(data_root, tmp_path / "o", "benchmark=gta5", "method=oracle")
+    args = run_args(
+        data_root, tmp_path / "o", "benchmark=gta5", "method=oracle", "model.init=scratch"
+    )
     assert "mini" in cli_error(capsys, ["train", *args])
     # a source-only checkpoint of another width does not fit the model
     wide = adapt_args(data_root, tmp_path / "w", source_checkpoint, "model.mini_width=16")
