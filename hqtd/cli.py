@@ -153,6 +153,15 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _key_value_command(commands, name: str, summary: str, func) -> argparse.ArgumentParser:
+    """A subcommand that takes ``KEY=VALUE`` overrides of the typed config (train, evaluate,
+    predict)."""
+    parser = commands.add_parser(name, help=summary)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="hqtd",
@@ -185,30 +194,29 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--workers", type=int, default=2, help="parallel worker processes")
     prepare.set_defaults(func=_cmd_prepare)
 
-    train = commands.add_parser(
-        "train", help="train one run (Hydra overrides: benchmark= method= seed= run_dir= ...)"
+    train = _key_value_command(
+        commands,
+        "train",
+        "train one run (Hydra overrides: benchmark= method= seed= run_dir= ...)",
+        _cmd_train,
     )
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     train.add_argument(
         "--cfg", action="store_true", help="print the composed, typed config and exit (no run)"
     )
-    train.set_defaults(func=_cmd_train)
-
-    evaluate = commands.add_parser(
+    _key_value_command(
+        commands,
         "evaluate",
-        help="evaluate a run or any checkpoint (run_dir=DIR | checkpoint=FILE benchmark=B; "
+        "evaluate a run or any checkpoint (run_dir=DIR | checkpoint=FILE benchmark=B; "
         "[protocol=] [out=DIR])",
+        _cmd_evaluate,
     )
-    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    evaluate.set_defaults(func=_cmd_evaluate)
-
-    predict = commands.add_parser(
+    _key_value_command(
+        commands,
         "predict",
-        help="trainId, labelId and colour PNGs of a checkpoint on a folder of images "
+        "trainId, labelId and colour PNGs of a checkpoint on a folder of images "
         "(checkpoint=FILE benchmark=B input=DIR out=DIR [overlay=true])",
+        _cmd_predict,
     )
-    predict.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    predict.set_defaults(func=_cmd_predict)
 
     grid_help = "grid of params/grid.yaml (default: its default grid)"
     seeds_help = "only these seeds of the grid (as Snakemake's --config seeds)"
