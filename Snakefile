@@ -7,8 +7,12 @@
 include: "workflow/Snakefile"
 
 
+# Every run's evaluations are targets of their own: Snakemake does not remake an existing output
+# for an input that is merely missing, so with only the tables and figures named, a variant or
+# seed added to a grid whose tables exist would never be trained.
 rule all:
     default_target: True
     input:
+        metrics_files(),
         TABLES,
         FIGURES,
