@@ -23,6 +23,7 @@ paper size does not fit; ``--tiny`` is the code path on a mini network at ~1/20 
 test in tests/test_bench.py).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.real_size [--iterations 3] [--scale 0.5]
+        [--override train.batch_size=1]
     .venv/bin/python -m bench.real_size --tiny
 """
 
@@ -271,8 +272,9 @@ def pipeline(
             "-m",
             "hqtd.cli",
         ]
+    batch = load_config(train_overrides).train.batch_size
     note = (
-        f"{iterations} it, batch 2+2, {size_text(*source)} / {size_text(*target)}, "
+        f"{iterations} it, batch {batch}+{batch}, {size_text(*source)} / {size_text(*target)}, "
         f"crop {crop}, + validation on {len(CITYSCAPES_FRAMES['val'])} val images"
         + (", torchrun" if torchrun else "")
     )
@@ -343,10 +345,24 @@ def main() -> None:
     parse.add_argument("--tiny", action="store_true", help="mini network at 1/20 of the sizes")
     parse.add_argument("--skip-train", action="store_true", help="evaluate the random init")
     parse.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    parse.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra training override, repeatable (e.g. train.batch_size=1 where 2+2 does not fit)",
+    )
     args = parse.parse_args()
     scale = TINY_SCALE if args.tiny else args.scale
     work = args.work or Path(tempfile.mkdtemp(prefix="hqtd-real-size-"))
-    steps = pipeline(work, scale, args.iterations, args.tiny, train=not args.skip_train)
+    steps = pipeline(
+        work,
+        scale,
+        args.iterations,
+        args.tiny,
+        extra=tuple(args.override),
+        train=not args.skip_train,
+    )
     header = (
         f"real-size run, scale {scale:g}{' (tiny: mini network)' if args.tiny else ''}, "
         f"{cpu_model()}, {os.cpu_count()} cores, one thread per step; work folder {work}"
