@@ -1,261 +1,58 @@
-"""Embedded mini benchmark (``hqtd synth``): procedural street scenes in the real on-disk formats.
+"""Drawing one street scene of a domain into an image and its labels (``hqtd synth``).
 
-The three domains share one scene grammar, drawn with a pinhole camera over a flat ground so that
-an object's size follows its depth: a road with lanes between sidewalks, rows of buildings with
-windows, walls and fences along the sidewalks, poles carrying traffic lights and signs, trees and
-grass, vehicles in the lanes, people on the sidewalks, riders in the outer lane. Every class has a
-characteristic shape and place, so shape and layout are predictive in every domain. What differs
-is what adaptation has to bridge:
-
-- appearance: per-class colours and textures, sun versus overcast shading, exposure, saturation,
-  noise, blur and (target only) JPEG artefacts, with look-alikes across domains: the target's
-  sidewalk is as dark as the source's road, its terrain as green as the source's vegetation, its
-  building façades as pale as the source's trucks;
-- geometry: camera height, pitch (horizon row), yaw, focal length, lane and sidewalk widths;
-- class frequencies: the GTA5-like source has more cars and trucks, the Cityscapes-like target
-  more people, riders and bicycles; the SYNTHIA-like source has no terrain, truck or train.
-
-Files follow the layouts of GTA5, SYNTHIA-RAND-CITYSCAPES and Cityscapes (see
-:mod:`hqtd.data.formats`), so ``hqtd prepare`` reads them with the code that reads the real
-datasets. Every image is drawn from its own generator seeded with ``[seed, stream, index]``: the
-files do not depend on the number of workers, and the same seed gives byte-identical files.
+The three domains (:mod:`hqtd.data.synth.domains`) share one scene grammar, drawn with a pinhole
+camera over a flat ground so that an object's size follows its depth: a road with lanes between
+sidewalks, rows of buildings with windows, walls and fences along the sidewalks, poles carrying
+traffic lights and signs, trees and grass, vehicles in the lanes, people on the sidewalks, riders
+in the outer lane. Every class has a characteristic shape and place, so shape and layout are
+predictive in every domain; the camera's processing (exposure, blur, noise, JPEG) comes last.
+:func:`render` is the entry point: everything it draws comes from the generator it is given.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import shutil
-import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from numpy.typing import ArrayLike
-from PIL import Image
 
-from hqtd.data.labels import CITYSCAPES_ID_TO_TRAINID, PALETTE, SYNTHIA_ID_TO_TRAINID
-from hqtd.errors import HqtdError
-from hqtd.io import write_bytes, write_json
-
-#: Stored in each dataset's ``.complete`` marker; bump it when the drawing changes so that
-#: ``generate`` redraws folders written by an older version.
-GENERATOR_VERSION = 2
-
-# Scene codes: the trainIds 0..18, then pixel kinds that the formats label as void (lane markings:
-# road in GTA5 / Cityscapes, their own void class in SYNTHIA).
-(ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY,
- PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE) = range(19)  # fmt: skip
-LANE, RAIL, STATIC, EGO, UNLABELED = range(19, 24)
-NUM_CODES = 24
-
-_CITYSCAPES_ID = {train_id: raw for raw, train_id in CITYSCAPES_ID_TO_TRAINID.items()}
-_SYNTHIA_ID = {train_id: raw for raw, train_id in SYNTHIA_ID_TO_TRAINID.items()}
-#: Scene code -> Cityscapes labelId (GTA5 uses the same ids): lane marking -> road (7), rail track
-#: (10), static (4), ego vehicle (1), unlabeled (0).
-CITYSCAPES_IDS = np.array([_CITYSCAPES_ID[t] for t in range(19)] + [7, 10, 4, 1, 0], np.uint8)
-#: Scene code -> SYNTHIA class id: lane marking (22); the other void kinds are void (0).
-SYNTHIA_IDS = np.array([_SYNTHIA_ID[t] for t in range(19)] + [22, 0, 0, 0, 0], np.uint16)
+from hqtd.data.synth.domains import (
+    BICYCLE,
+    BUILDING,
+    BUS,
+    CAR,
+    EGO,
+    FENCE,
+    LANE,
+    LIGHT,
+    MOTORCYCLE,
+    NUM_CODES,
+    PERSON,
+    POLE,
+    RAIL,
+    RGB,
+    RIDER,
+    ROAD,
+    SIDEWALK,
+    SIGN,
+    SKY,
+    STATIC,
+    TERRAIN,
+    TRAIN,
+    TRUCK,
+    UNLABELED,
+    VEGETATION,
+    WALL,
+    Domain,
+    Range,
+    Style,
+)
 
 Z_NEAR = 0.5  # m: ground polygons start here, so no projected point lies behind the camera
 Z_FAR = 400.0  # m: the ground ends here, about a pixel below the horizon
 _SHIFT = 4  # cv2 fixed-point bits: vertices are placed with 1/16-pixel precision
-RGB = tuple[float, float, float]
-Range = tuple[float, float]
-
-
-# ------------------------------------------------------------------------------------------------
-# What distinguishes the domains
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Camera and street-layout distributions (each range is a uniform draw)."""
-
-    size: tuple[int, int]  # (W, H) of the written images
-    focal: Range  # focal length in units of the image width
-    elevation: Range  # camera height above the ground (m)
-    horizon: Range  # horizon row in units of the image height (the camera pitch)
-    yaw: float  # std of the camera yaw (rad): moves the vanishing point sideways
-    lanes: tuple[int, int]  # inclusive range of the number of lanes
-    lane_width: Range
-    sidewalk: Range
-    setback: Range  # from the sidewalk's outer edge to the building fronts
-    storeys: tuple[int, int]  # inclusive range of building storeys (3 m each)
-    hood: float  # ego-vehicle bonnet height in units of the image height (0: none)
-
-
-@dataclass(frozen=True)
-class Population:
-    """Poisson means of object counts per image, and per-place probabilities."""
-
-    cars: float
-    parked_cars: float
-    trucks: float
-    buses: float
-    tram: float  # probability of a tram (train) on rails
-    pedestrians: float
-    riders: float
-    motorbike_share: float  # fraction of riders and parked two-wheelers on motorcycles
-    parked_bikes: float
-    bins: float  # street furniture labelled void
-    tree_rows: float  # probability that a side of the street is lined with trees
-    verge: float  # probability of grass (terrain) between a sidewalk and the buildings
-    strip: float  # probability of a grass strip along a curb (trees then stand in it)
-    gap: float  # probability of a gap after each building
-    wall: float  # probability of a wall for each segment along the sidewalk's outer edge
-    fence: float
-    light: float  # probability that a pole carries a traffic light
-    sign: float  # probability that a pole carries a sign
-    crossing: float  # probability of a zebra crossing
-
-
-@dataclass(frozen=True)
-class Style:
-    """Appearance: class colours and textures, lighting, and the camera's processing."""
-
-    colours: dict[int, RGB]  # base colour per scene code
-    facades: tuple[RGB, ...]  # building colours, one drawn per building
-    windows: RGB
-    paints: tuple[RGB, ...]  # vehicle colours
-    clothes: tuple[RGB, ...]
-    fine: dict[int, float]  # per-code amplitude of pixel grain
-    blob: dict[int, float]  # per-code amplitude of smooth blotches (foliage, stains)
-    tiles: float  # contrast of the paving grid on sidewalks
-    jitter: float  # std of the per-object colour change
-    shade: float  # brightness of faces turned from the light (1: overcast, no shading)
-    gain: Range  # exposure
-    tint: RGB  # white balance
-    tint_jitter: float  # per-image std of the white balance, relative
-    saturation: Range
-    vignette: float
-    blur: Range  # Gaussian blur sigma (px)
-    noise: float  # sensor noise std (grey levels)
-    jpeg: tuple[int, int] | None  # JPEG quality range; None: lossless
-
-
-@dataclass(frozen=True)
-class Domain:
-    """The distributions of one mini dataset."""
-
-    geometry: Geometry
-    population: Population
-    style: Style
-    terrain: bool  # False: grass becomes paving (SYNTHIA labels no terrain)
-
-
-_GTA5_STYLE = Style(
-    colours={
-        ROAD: (78, 78, 84), LANE: (225, 222, 205), SIDEWALK: (186, 176, 160),
-        WALL: (160, 164, 172), FENCE: (128, 92, 58), POLE: (132, 132, 138), LIGHT: (34, 34, 36),
-        SIGN: (205, 40, 35), VEGETATION: (56, 126, 40), TERRAIN: (166, 160, 92),
-        SKY: (92, 150, 228), PERSON: (222, 178, 146), RIDER: (222, 178, 146), RAIL: (70, 58, 50),
-        STATIC: (60, 110, 70), TRAIN: (232, 232, 236), EGO: (30, 30, 30),
-    },
-    facades=((192, 122, 92), (212, 200, 178), (112, 128, 150), (204, 170, 120), (136, 120, 116)),
-    windows=(62, 86, 118),
-    paints=((200, 30, 30), (30, 70, 190), (236, 200, 40), (236, 236, 236), (26, 26, 30),
-            (40, 150, 60), (236, 120, 30), (140, 140, 150)),
-    clothes=((200, 40, 40), (40, 80, 200), (240, 220, 60), (240, 240, 240), (40, 40, 40),
-             (60, 160, 80)),
-    fine={ROAD: 6, SIDEWALK: 4, BUILDING: 7, WALL: 2, TERRAIN: 4, VEGETATION: 8, FENCE: 4},
-    blob={ROAD: 4, BUILDING: 4, VEGETATION: 26, TERRAIN: 6, SKY: 3},
-    tiles=0.16, jitter=10.0, shade=0.68, gain=(0.75, 1.2), tint=(1.06, 1.0, 0.92),
-    tint_jitter=0.06, saturation=(0.8, 1.3), vignette=0.0, blur=(0.0, 0.0), noise=1.5,
-    jpeg=None,
-)  # fmt: skip
-
-_SYNTHIA_STYLE = Style(
-    colours={
-        ROAD: (98, 92, 88), LANE: (200, 200, 190), SIDEWALK: (150, 142, 128),
-        WALL: (182, 172, 158), FENCE: (142, 142, 146), POLE: (104, 96, 90), LIGHT: (40, 44, 40),
-        SIGN: (30, 90, 200), VEGETATION: (82, 112, 48), TERRAIN: (82, 112, 48),
-        SKY: (150, 182, 212), PERSON: (200, 160, 130), RIDER: (200, 160, 130),
-        RAIL: (70, 58, 50), STATIC: (120, 100, 80), TRAIN: (200, 200, 200), EGO: (30, 30, 30),
-    },
-    facades=((172, 150, 130), (130, 132, 142), (192, 182, 170), (104, 92, 82), (160, 110, 90)),
-    windows=(90, 110, 130),
-    paints=((150, 30, 40), (40, 60, 120), (210, 210, 200), (60, 60, 64), (180, 140, 40),
-            (70, 110, 130)),
-    clothes=((120, 60, 50), (60, 70, 110), (170, 160, 140), (50, 50, 55), (130, 120, 60)),
-    fine={ROAD: 3, SIDEWALK: 3, BUILDING: 3, VEGETATION: 6, WALL: 3},
-    blob={ROAD: 3, VEGETATION: 16, BUILDING: 6, SIDEWALK: 4},
-    tiles=0.08, jitter=14.0, shade=0.8, gain=(0.55, 1.3), tint=(1.0, 1.0, 1.0),
-    tint_jitter=0.05, saturation=(0.7, 1.1), vignette=0.1, blur=(0.0, 0.6), noise=3.0,
-    jpeg=None,
-)  # fmt: skip
-
-_CITYSCAPES_STYLE = Style(
-    colours={
-        # The sidewalk is about as dark as the source road, the terrain as green as the source
-        # vegetation: a colour-driven source model confuses them, the paving grid, the grain and
-        # the layout still tell them apart.
-        ROAD: (94, 92, 98), LANE: (210, 210, 204), SIDEWALK: (118, 112, 108),
-        WALL: (150, 146, 134), FENCE: (104, 106, 112), POLE: (125, 128, 132), LIGHT: (40, 42, 36),
-        SIGN: (200, 60, 50), VEGETATION: (50, 100, 42), TERRAIN: (100, 150, 50),
-        SKY: (176, 200, 232), PERSON: (210, 170, 146), RIDER: (210, 170, 146),
-        RAIL: (64, 60, 56), STATIC: (110, 112, 116), TRAIN: (230, 220, 190), EGO: (34, 34, 38),
-    },
-    facades=((176, 166, 150), (196, 186, 166), (140, 132, 124), (170, 160, 170), (160, 150, 120)),
-    windows=(48, 54, 62),
-    paints=((96, 96, 100), (24, 24, 28), (210, 210, 212), (40, 52, 90), (160, 160, 166),
-            (110, 30, 30)),
-    clothes=((30, 30, 34), (60, 64, 80), (110, 100, 90), (150, 40, 50), (200, 200, 196)),
-    # Textures swap roles too: walls are grainy and façades smooth, grass is grainy.
-    fine={ROAD: 3, SIDEWALK: 3, WALL: 8, TERRAIN: 12, VEGETATION: 6, BUILDING: 2},
-    blob={ROAD: 10, BUILDING: 8, VEGETATION: 14, TERRAIN: 8, SKY: 6, SIDEWALK: 4},
-    tiles=0.22, jitter=8.0, shade=0.9, gain=(0.9, 1.05), tint=(0.95, 1.0, 1.03),
-    tint_jitter=0.02, saturation=(0.8, 1.0), vignette=0.2, blur=(0.2, 0.6), noise=2.5,
-    jpeg=(40, 70),
-)  # fmt: skip
-
-GTA5 = Domain(
-    geometry=Geometry(
-        size=(256, 144), focal=(0.85, 1.0), elevation=(1.3, 1.9), horizon=(0.42, 0.52),
-        yaw=0.1, lanes=(2, 4), lane_width=(3.3, 3.8), sidewalk=(1.8, 3.5), setback=(0.0, 8.0),
-        storeys=(3, 12), hood=0.0,
-    ),
-    population=Population(
-        cars=5.0, parked_cars=2.0, trucks=1.3, buses=0.5, tram=0.15, pedestrians=2.0,
-        riders=0.8, motorbike_share=0.6, parked_bikes=0.5, bins=1.0, tree_rows=0.4, verge=0.5,
-        strip=0.3, gap=0.3, wall=0.2, fence=0.2, light=0.35, sign=0.5, crossing=0.0,
-    ),
-    style=_GTA5_STYLE,
-    terrain=True,
-)  # fmt: skip
-
-SYNTHIA = Domain(
-    geometry=Geometry(
-        size=(256, 144), focal=(0.7, 0.9), elevation=(1.8, 4.5), horizon=(0.22, 0.40),
-        yaw=0.2, lanes=(2, 5), lane_width=(3.2, 3.8), sidewalk=(3.0, 6.0), setback=(0.0, 4.0),
-        storeys=(3, 10), hood=0.0,
-    ),
-    population=Population(
-        cars=3.0, parked_cars=1.0, trucks=0.0, buses=0.8, tram=0.0, pedestrians=8.0,
-        riders=1.2, motorbike_share=0.5, parked_bikes=0.5, bins=1.0, tree_rows=0.5, verge=0.0,
-        strip=0.0, gap=0.3, wall=0.25, fence=0.25, light=0.4, sign=0.5, crossing=0.3,
-    ),
-    style=_SYNTHIA_STYLE,
-    terrain=False,
-)  # fmt: skip
-
-CITYSCAPES = Domain(
-    geometry=Geometry(
-        size=(256, 128), focal=(1.0, 1.15), elevation=(1.15, 1.35), horizon=(0.36, 0.44),
-        yaw=0.04, lanes=(2, 3), lane_width=(2.8, 3.2), sidewalk=(2.5, 5.0), setback=(0.0, 6.0),
-        storeys=(4, 7), hood=0.1,
-    ),
-    population=Population(
-        cars=2.0, parked_cars=2.0, trucks=0.3, buses=0.3, tram=0.15, pedestrians=6.0,
-        riders=2.0, motorbike_share=0.2, parked_bikes=2.0, bins=1.0, tree_rows=0.5, verge=0.5,
-        strip=0.5, gap=0.3, wall=0.2, fence=0.2, light=0.4, sign=0.5, crossing=0.4,
-    ),
-    style=_CITYSCAPES_STYLE,
-    terrain=True,
-)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1041,162 +838,3 @@ def render(domain: Domain, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
     _texture(scene)
     image = _camera(scene.canvas.image, scene.style, rng)
     return image, scene.canvas.code, scene.canvas.instance
-
-
-# ------------------------------------------------------------------------------------------------
-# Files in the real formats
-
-
-@dataclass(frozen=True)
-class Counts:
-    """Images per split of the mini benchmark."""
-
-    gta5: int = 300
-    synthia: int = 300
-    cityscapes_train: int = 300
-    cityscapes_val: int = 100
-
-
-#: The splits of each dataset: (dataset folder, split) -> (domain, seed stream). The stream keeps
-#: the images of different splits independent for the same index.
-SPLITS = {
-    ("mini_gta5", "train"): (GTA5, 0),
-    ("mini_synthia", "train"): (SYNTHIA, 1),
-    ("mini_cityscapes", "train"): (CITYSCAPES, 2),
-    ("mini_cityscapes", "val"): (CITYSCAPES, 3),
-}
-CITIES = {"train": ("aachen", "bochum", "bremen"), "val": ("frankfurt", "lindau", "munster")}
-
-# GTA5 label files colour their labelIds with the Cityscapes palette.
-_LABEL_PALETTE = np.zeros((256, 3), np.uint8)
-_LABEL_PALETTE[CITYSCAPES_IDS[:19]] = PALETTE
-
-
-def _counts(counts: Counts) -> dict[tuple[str, str], int]:
-    return {
-        ("mini_gta5", "train"): counts.gta5,
-        ("mini_synthia", "train"): counts.synthia,
-        ("mini_cityscapes", "train"): counts.cityscapes_train,
-        ("mini_cityscapes", "val"): counts.cityscapes_val,
-    }
-
-
-def sample_paths(dataset: str, split: str, index: int) -> tuple[str, str]:
-    """(image, label) path of one sample relative to the dataset folder, in the real layout."""
-    if dataset == "mini_gta5":
-        name = f"{index + 1:05d}.png"
-        return f"images/{name}", f"labels/{name}"
-    if dataset == "mini_synthia":
-        name = f"{index:07d}.png"
-        return f"RGB/{name}", f"GT/LABELS/{name}"
-    cities = CITIES[split]
-    city, sequence = cities[index % len(cities)], index // len(cities)
-    stem = f"{city}/{city}_{sequence:06d}_000019"
-    return (
-        f"leftImg8bit/{split}/{stem}_leftImg8bit.png",
-        f"gtFine/{split}/{stem}_gtFine_labelIds.png",
-    )
-
-
-def _png(array: np.ndarray) -> bytes:
-    """PNG bytes of an array in cv2's channel order; fixed settings: same array, same bytes."""
-    ok, encoded = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    if not ok:
-        raise RuntimeError(f"cv2 could not encode a {array.shape} {array.dtype} PNG")
-    return encoded.tobytes()
-
-
-def _palette_png(ids: np.ndarray) -> bytes:
-    """An 8-bit palette ('P') PNG whose pixel values are ``ids``, as GTA5's label files."""
-    image = Image.frombytes("P", ids.shape[::-1], np.ascontiguousarray(ids).tobytes())
-    image.putpalette(_LABEL_PALETTE.ravel().tolist())
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def label_file(dataset: str, code: np.ndarray, instance: np.ndarray) -> bytes:
-    """Encode a scene's labels as the dataset's label PNG.
-
-    GTA5: 8-bit palette PNG of labelIds. SYNTHIA: 16-bit 3-channel PNG, class id in the first
-    channel and instance id in the second. Cityscapes: 8-bit grayscale PNG of labelIds.
-    """
-    if dataset == "mini_gta5":
-        return _palette_png(CITYSCAPES_IDS[code])
-    if dataset == "mini_synthia":
-        # cv2 writes BGR: the first PNG channel (class) is the last array channel.
-        return _png(np.stack([np.zeros_like(instance), instance, SYNTHIA_IDS[code]], axis=-1))
-    return _png(CITYSCAPES_IDS[code])
-
-
-def _write_sample(job: tuple[str, str, int, int, str]) -> None:
-    """Draw and write one sample (a process-pool task): (dataset, split, index, seed, root)."""
-    dataset, split, index, seed, root = job
-    domain, stream = SPLITS[dataset, split]
-    image, code, instance = render(domain, np.random.default_rng([seed, stream, index]))
-    image_path, label_path = sample_paths(dataset, split, index)
-    write_bytes(Path(root) / image_path, _png(image[..., ::-1]))
-    write_bytes(Path(root) / label_path, label_file(dataset, code, instance))
-
-
-def _sample_exists(job: tuple[str, str, int, int, str]) -> bool:
-    """Whether both files of a :func:`_write_sample` job are on disk."""
-    dataset, split, index, _, root = job
-    return all((Path(root) / path).is_file() for path in sample_paths(dataset, split, index))
-
-
-def _draw(jobs: list[tuple[str, str, int, int, str]], workers: int) -> None:
-    """Run :func:`_write_sample` over ``jobs`` in ``workers`` processes."""
-    if workers == 1:
-        for job in jobs:
-            _write_sample(job)
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            list(pool.map(_write_sample, jobs, chunksize=8))
-
-
-def generate(out: Path, seed: int = 0, counts: Counts = Counts(), workers: int = 2) -> None:
-    """``hqtd synth``: write mini_gta5/, mini_synthia/ and mini_cityscapes/ under ``out``.
-
-    Idempotent: a dataset folder whose ``.complete`` marker records the same seed, counts and
-    generator version and all of whose files exist is left alone (deleted files are drawn again);
-    any other folder of that name is removed and drawn again.
-    Every file is written atomically and the marker last, so an interrupted run is redrawn.
-
-    Args:
-        out: folder for the three raw datasets.
-        seed: non-negative; the same seed gives byte-identical files, another one a fresh draw.
-        counts: images per split (the defaults are the benchmark's).
-        workers: processes drawing in parallel (the files do not depend on it).
-
-    Raises:
-        HqtdError: a negative seed or count, or fewer than one worker.
-    """
-    if seed < 0:
-        raise HqtdError(f"--seed must be a non-negative integer, got {seed}")
-    if workers < 1:
-        raise HqtdError(f"workers must be at least 1, got {workers}")
-    if min(asdict(counts).values()) < 1:
-        raise HqtdError(f"every split needs at least one image, got {counts}")
-    out = Path(out)
-    per_split = _counts(counts)
-    for dataset in dict.fromkeys(d for d, _ in SPLITS):
-        root = out / dataset
-        splits = {split: n for (d, split), n in per_split.items() if d == dataset}
-        spec = {"seed": seed, "counts": splits, "version": GENERATOR_VERSION}
-        marker = root / ".complete"
-        jobs = [(dataset, s, i, seed, str(root)) for s, n in splits.items() for i in range(n)]
-        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == spec:
-            missing = [job for job in jobs if not _sample_exists(job)]
-            if missing:  # deleted files: the same seed draws the same bytes again
-                print(f"{root}: {len(missing)} sample(s) missing, drawing them again")
-                _draw(missing, workers)
-            else:
-                print(f"{root}: up to date (seed {seed})")
-            continue
-        if root.exists():
-            shutil.rmtree(root)
-        start = time.perf_counter()
-        _draw(jobs, workers)
-        write_json(marker, spec)
-        print(f"{root}: {len(jobs)} samples in {time.perf_counter() - start:.1f} s")
