@@ -145,7 +145,7 @@ def tiny_benchmark() -> Path:
     """A prepared tiny mini benchmark (4 source, 4 target, 2 val images) under the bench cache."""
     from bench.fixtures import CACHE
     from hqtd.data.prepare import prepare
-    from hqtd.data.synth import Counts, generate
+    from hqtd.data.synth.write import Counts, generate
 
     root = CACHE / "tiny_mini"
     if not (root / "prepared" / "mini_cityscapes" / "manifest.json").exists():

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from hqtd.data.formats import MANIFEST_NAME
 from hqtd.data.labels import CITYSCAPES_ID_TO_TRAINID
-from hqtd.data.prepare import MANIFEST_NAME
 
 #: Bump when the drawing changes: cached fixtures are then made again.
 FIXTURE_VERSION = 1

@@ -47,7 +47,9 @@ from tabulate import tabulate
 from bench.common import CHILD_ENV
 from bench.fixtures import blocky_label, smooth_image
 from hqtd.config import load_config, to_yaml
-from hqtd.data import synth
+from hqtd.data.formats.png import encode_image
+from hqtd.data.synth.domains import NUM_CODES
+from hqtd.data.synth.write import label_file, sample_paths
 from hqtd.io import write_bytes, write_text
 
 #: Real on-disk sizes (W, H) and counts: dataset -> list of frame sizes (per split for Cityscapes).
@@ -71,27 +73,27 @@ def scaled(size: tuple[int, int], scale: float) -> tuple[int, int]:
 
 def write_raw(root: Path, scale: float, seed: int = 0) -> dict[str, int]:
     """Raw GTA5, SYNTHIA and Cityscapes folders under ``root`` in their real layouts (the label
-    files from :func:`hqtd.data.synth.label_file`, as ``hqtd synth`` writes them); returns the
+    files from :func:`hqtd.data.synth.write.label_file`, as ``hqtd synth`` writes them); returns the
     number of files written per dataset."""
     rng = np.random.default_rng(seed)
-    codes = np.arange(len(synth.CITYSCAPES_IDS), dtype=np.uint8)  # the synth's class codes
+    codes = np.arange(NUM_CODES, dtype=np.uint8)  # the synth's scene codes
 
     def sample(folder: Path, kind: str, paths: tuple[str, str], size: tuple[int, int]) -> None:
         size = scaled(size, scale)
         image = smooth_image(rng, size)  # RGB
         code = blocky_label(rng, size, codes)
         instance = rng.integers(0, 60000, code.shape, dtype=np.uint16)
-        write_bytes(folder / paths[0], synth._png(image[..., ::-1]))
-        write_bytes(folder / paths[1], synth.label_file(kind, code, instance))
+        write_bytes(folder / paths[0], encode_image(image))
+        write_bytes(folder / paths[1], label_file(kind, code, instance))
 
     for index, size in enumerate(GTA5_FRAMES):
-        sample(root / "gta5", "mini_gta5", synth.sample_paths("mini_gta5", "train", index), size)
+        sample(root / "gta5", "mini_gta5", sample_paths("mini_gta5", "train", index), size)
     for index, size in enumerate(SYNTHIA_FRAMES):
-        paths = synth.sample_paths("mini_synthia", "train", index)
+        paths = sample_paths("mini_synthia", "train", index)
         sample(root / "synthia", "mini_synthia", paths, size)
     for split, frames in CITYSCAPES_FRAMES.items():
         for index, size in enumerate(frames):
-            paths = synth.sample_paths("cityscapes", split, index)
+            paths = sample_paths("cityscapes", split, index)
             sample(root / "cityscapes", "cityscapes", paths, size)
     counts = {"gta5": len(GTA5_FRAMES), "synthia": len(SYNTHIA_FRAMES)}
     return counts | {"cityscapes": sum(len(f) for f in CITYSCAPES_FRAMES.values())}

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from hqtd.data.formats import DATASETS
 from hqtd.errors import HqtdError
-
-DATASETS = ("gta5", "synthia", "cityscapes")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -30,7 +29,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from hqtd.data.synth import generate
+    from hqtd.data.synth.write import generate
 
     generate(args.out, seed=args.seed)
 

@@ -23,7 +23,7 @@ from hydra.errors import HydraException
 
 from hqtd.codedeps import PACKAGE_DIR, module_files
 from hqtd.config import PARAMS_DIR
-from hqtd.data.synth import SPLITS
+from hqtd.data.synth.write import SPLITS
 from hqtd.errors import HqtdError
 from hqtd.grid import GRID_FILE, Grid, Run, load_grid, protocols
 from hqtd.io import write_text
@@ -34,7 +34,7 @@ DVC_YAML = ROOT / "dvc.yaml"
 DATA_ROOT = "data"
 #: The module each ``hqtd`` command runs (its computation, and so its code dependencies).
 ENTRY_MODULES = {
-    "synth": "hqtd.data.synth",
+    "synth": "hqtd.data.synth.write",
     "prepare": "hqtd.data.prepare",
     "train": "hqtd.train",
     "evaluate": "hqtd.evaluate",

@@ -106,9 +106,9 @@ def evaluate_model(
     at that size, with no resize here. The paper protocol does the same: its dataset already holds
     ``input_size`` images and labels, so neither resize below runs; the model's own upsampling
     follows ``model.align_corners`` (METHOD.md §8.1) and the dataset's image resize is bilinear
-    (:func:`hqtd.data.formats.resize_image`, the authors' bicubic is ``method.augmentation``'s,
-    §8.6). The strict protocol (full-resolution labels) has no counterpart in their code; its
-    resizes here are hqtd's half-pixel convention.
+    (:func:`hqtd.data.formats.png.resize_image`, the authors' bicubic is
+    ``method.augmentation``'s, §8.6). The strict protocol (full-resolution labels) has no
+    counterpart in their code; its resizes here are hqtd's half-pixel convention.
 
     Args:
         model: returns a ``SegOutput`` whose ``main`` is (B,C,h,w) logits at the input size.

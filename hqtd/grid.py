@@ -21,8 +21,8 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from hqtd.cli import DATASETS  # not hqtd.data.formats: that imports torch (slow for Snakemake)
 from hqtd.config import PARAMS_DIR, MethodConfig, check_init, load_config
+from hqtd.data.formats import DATASETS
 from hqtd.errors import HqtdError
 
 GRID_FILE = PARAMS_DIR / "grid.yaml"

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from hqtd.config import evaluation_config, override_pairs
-from hqtd.data.formats import read_image
+from hqtd.data.formats.png import read_image
 from hqtd.data.labels import CITYSCAPES_ID_TO_TRAINID, TRAINIDS_16, colorize
 from hqtd.determinism import cpu_kernels
 from hqtd.errors import HqtdError

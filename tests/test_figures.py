@@ -12,7 +12,7 @@ from PIL import Image
 from hqtd.cli import main
 from hqtd.config import load_config
 from hqtd.data.prepare import prepare
-from hqtd.data.synth import Counts, generate
+from hqtd.data.synth.write import Counts, generate
 from hqtd.errors import HqtdError
 from hqtd.evaluate import evaluate_command
 from hqtd.grid import load_grid

@@ -33,7 +33,7 @@ import hqtd.train
 from hqtd.adapt.ema import ModelEMA
 from hqtd.config import load_config
 from hqtd.data.prepare import prepare
-from hqtd.data.synth import Counts, generate
+from hqtd.data.synth.write import Counts, generate
 from hqtd.errors import HqtdError
 from hqtd.models.checkpoints import load_weights
 from hqtd.models.deeplabv2 import SegOutput, build_model

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from raw_datasets import (
     write_rgb,
 )
 
-import hqtd.data.formats
+import hqtd.data.formats.cityscapes
 import hqtd.data.prepare
 from hqtd.cli import main
 from hqtd.data.datasets import SegmentationDataset
@@ -134,7 +136,8 @@ def test_changed_mapping_converts_every_label_again(tmp_path: Path, monkeypatch)
     edited_lut = np.full(256, 255, dtype=np.uint8)
     for raw_id, train_id in edited.items():
         edited_lut[raw_id] = train_id
-    monkeypatch.setattr(hqtd.data.formats, "CITYSCAPES_LUT", edited_lut)  # as an edited labels.py
+    # As an edited labels.py: GTA5 labels are read with the Cityscapes table.
+    monkeypatch.setattr(hqtd.data.formats.cityscapes, "LABEL_TABLE", edited_lut)
     assert run_prepare("gta5", raw, out) == 0
     after = manifest(out)
     label = read_png(out / after["splits"]["train"][0]["label"])
@@ -429,3 +432,13 @@ def test_orphan_temporaries_of_a_killed_run_are_swept(tmp_path: Path) -> None:
         orphan.write_bytes(b"half a png")
     assert run_prepare("gta5", raw, out) == 0
     assert tree_state(out) == done  # the orphans are gone, every complete output untouched
+
+
+def test_the_dataset_names_import_without_numpy_cv2_or_torch() -> None:
+    """The command line and the workflow's grid name the datasets from hqtd.data.formats, whose
+    own module holds constants only: importing them loads none of the heavy libraries."""
+    heavy = ("numpy", "cv2", "PIL", "torch")
+    code = f"import sys, hqtd.cli, hqtd.grid; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"

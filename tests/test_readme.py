@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from hqtd.cli import build_parser, main
-from hqtd.data import synth
+from hqtd.data.synth import write
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 MARKERS = ("[gpu]", "[data]", "[long]", "[dvc]", "[clone]")
 TOOLS = ("hqtd", "make", "snakemake", "dvc")
-SMALL = synth.Counts(gta5=4, synthia=2, cityscapes_train=4, cityscapes_val=2)
+SMALL = write.Counts(gta5=4, synthia=2, cityscapes_train=4, cityscapes_val=2)
 TINY = [
     "model.mini_width=8", "benchmark.source_size=[48,27]", "benchmark.target_size=[48,24]",
     "benchmark.crop_size=16", "train.iterations=2", "train.source_only_iterations=2",
@@ -71,8 +71,8 @@ def with_tiny_settings(words: list[str]) -> list[str]:
 
 def test_the_hand_run_sequence_works_in_a_fresh_scratch_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    small = functools.partial(synth.generate, counts=SMALL, workers=1)
-    monkeypatch.setattr(synth, "generate", small)
+    small = functools.partial(write.generate, counts=SMALL, workers=1)
+    monkeypatch.setattr(write, "generate", small)
     runnable = [w for w, comment in readme_commands() if not any(m in comment for m in MARKERS)]
     assert [w[1] for w in runnable[:3]] == ["synth", "prepare", "prepare"]
     for words in runnable:

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hqtd.data import synth
 from hqtd.data.labels import CITYSCAPES_ID_TO_TRAINID, SYNTHIA_ID_TO_TRAINID
 from hqtd.data.prepare import prepare
+from hqtd.data.synth import domains
+from hqtd.data.synth.render import render
+from hqtd.data.synth.write import Counts, generate, sample_paths
 from hqtd.errors import HqtdError
 from hqtd.report.figures import sample_grid
 
-SMALL = synth.Counts(gta5=3, synthia=3, cityscapes_train=4, cityscapes_val=2)
+SMALL = Counts(gta5=3, synthia=3, cityscapes_train=4, cityscapes_val=2)
 CITYSCAPES_NAME = re.compile(r"([a-z]+)/\1_\d{6}_\d{6}_(leftImg8bit|gtFine_labelIds)\.png")
 TERRAIN, TRUCK, TRAIN = 9, 14, 16
 
@@ -33,25 +35,25 @@ def files(root: Path) -> dict[str, bytes]:
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small benchmark drawn once with seed 0 in this process."""
     out = tmp_path_factory.mktemp("raw")
-    synth.generate(out, seed=0, counts=SMALL, workers=1)
+    generate(out, seed=0, counts=SMALL, workers=1)
     return out
 
 
 def test_same_seed_gives_identical_bytes_whatever_the_workers(raw: Path, tmp_path: Path) -> None:
-    synth.generate(tmp_path, seed=0, counts=SMALL, workers=2)
+    generate(tmp_path, seed=0, counts=SMALL, workers=2)
     first, second = files(raw), files(tmp_path)
     assert len(first) == 2 * (3 + 3 + 4 + 2) + 3  # images, labels, three markers
     assert first == second
 
 
 def test_another_seed_redraws_every_image_and_a_rerun_skips(raw: Path, tmp_path: Path) -> None:
-    synth.generate(tmp_path, seed=0, counts=SMALL, workers=1)
+    generate(tmp_path, seed=0, counts=SMALL, workers=1)
     label = tmp_path / "mini_gta5" / "labels" / "00001.png"
     stamp = label.stat().st_mtime_ns
-    synth.generate(tmp_path, seed=0, counts=SMALL, workers=1)
+    generate(tmp_path, seed=0, counts=SMALL, workers=1)
     assert label.stat().st_mtime_ns == stamp  # complete for this seed: nothing rewritten
 
-    synth.generate(tmp_path, seed=1, counts=SMALL, workers=1)
+    generate(tmp_path, seed=1, counts=SMALL, workers=1)
     old, new = files(raw), files(tmp_path)
     assert old.keys() == new.keys()
     images = [k for k in old if "images/" in k or "RGB/" in k or "leftImg8bit/" in k]
@@ -63,9 +65,9 @@ def test_another_seed_redraws_every_image_and_a_rerun_skips(raw: Path, tmp_path:
 
 def test_bad_arguments_are_one_line_user_errors(tmp_path: Path) -> None:
     with pytest.raises(HqtdError, match="--seed"):
-        synth.generate(tmp_path, seed=-1, counts=SMALL)
+        generate(tmp_path, seed=-1, counts=SMALL)
     with pytest.raises(HqtdError, match="at least one image"):
-        synth.generate(tmp_path, counts=synth.Counts(cityscapes_val=0))
+        generate(tmp_path, counts=Counts(cityscapes_val=0))
     assert not any(tmp_path.iterdir())
 
 
@@ -118,23 +120,24 @@ def test_cityscapes_layout_names_and_void_ids(raw: Path) -> None:
             assert ids <= set(CITYSCAPES_ID_TO_TRAINID) | {0, 1, 4, 10}
 
 
-def class_fractions(domain: synth.Domain, images: int) -> np.ndarray:
+def class_fractions(domain: domains.Domain, images: int) -> np.ndarray:
     """Fraction of pixels per scene code over ``images`` renders."""
-    counts = np.zeros(synth.NUM_CODES)
+    counts = np.zeros(domains.NUM_CODES)
     for i in range(images):
-        _, code, _ = synth.render(domain, np.random.default_rng([7, i]))
-        counts += np.bincount(code.ravel(), minlength=synth.NUM_CODES)
+        _, code, _ = render(domain, np.random.default_rng([7, i]))
+        counts += np.bincount(code.ravel(), minlength=domains.NUM_CODES)
     return counts / counts.sum()
 
 
 def test_class_frequencies_differ_between_domains_as_designed() -> None:
-    gta, synthia, cityscapes = (class_fractions(d, 24) for d in (synth.GTA5, synth.SYNTHIA,
-                                                                  synth.CITYSCAPES))  # fmt: skip
-    people = [synth.PERSON, synth.RIDER, synth.BICYCLE]
-    vehicles = [synth.CAR, synth.TRUCK]
+    gta, synthia, cityscapes = (
+        class_fractions(d, 24) for d in (domains.GTA5, domains.SYNTHIA, domains.CITYSCAPES)
+    )
+    people = [domains.PERSON, domains.RIDER, domains.BICYCLE]
+    vehicles = [domains.CAR, domains.TRUCK]
     assert cityscapes[people].sum() > 2 * gta[people].sum()
     assert gta[vehicles].sum() > 1.3 * cityscapes[vehicles].sum()
-    assert gta[synth.TRUCK] > 2 * cityscapes[synth.TRUCK]
+    assert gta[domains.TRUCK] > 2 * cityscapes[domains.TRUCK]
     assert synthia[[TERRAIN, TRUCK, TRAIN]].sum() == 0
     assert gta[TERRAIN] > 0 and cityscapes[TERRAIN] > 0
     # Every class of the 19 appears in the GTA5-like source and the Cityscapes-like target.
@@ -144,15 +147,15 @@ def test_class_frequencies_differ_between_domains_as_designed() -> None:
 def test_camera_geometry_differs_between_domains() -> None:
     """The horizon (pitch) lies higher in SYNTHIA-like images (raised camera) than in GTA5-like."""
 
-    def mean_sky_bottom(domain: synth.Domain) -> float:
+    def mean_sky_bottom(domain: domains.Domain) -> float:
         rows = []
         for i in range(12):
-            _, code, _ = synth.render(domain, np.random.default_rng([3, i]))
-            ground = (code == synth.ROAD).any(axis=1)
+            _, code, _ = render(domain, np.random.default_rng([3, i]))
+            ground = (code == domains.ROAD).any(axis=1)
             rows.append(np.argmax(ground) / code.shape[0])  # first row showing road
         return float(np.mean(rows))
 
-    assert mean_sky_bottom(synth.SYNTHIA) + 0.08 < mean_sky_bottom(synth.GTA5)
+    assert mean_sky_bottom(domains.SYNTHIA) + 0.08 < mean_sky_bottom(domains.GTA5)
 
 
 def test_prepare_reads_all_three_datasets(raw: Path, tmp_path: Path) -> None:
@@ -177,11 +180,11 @@ def test_sample_grid_writes_a_figure(raw: Path, tmp_path: Path) -> None:
 
 
 def test_a_deleted_raw_image_is_drawn_again(raw: Path, tmp_path: Path, capsys) -> None:
-    synth.generate(tmp_path, seed=0, counts=SMALL, workers=1)
-    deleted = tmp_path / "mini_cityscapes" / synth.sample_paths("mini_cityscapes", "val", 1)[0]
+    generate(tmp_path, seed=0, counts=SMALL, workers=1)
+    deleted = tmp_path / "mini_cityscapes" / sample_paths("mini_cityscapes", "val", 1)[0]
     deleted.unlink()
     capsys.readouterr()
-    synth.generate(tmp_path, seed=0, counts=SMALL, workers=1)
+    generate(tmp_path, seed=0, counts=SMALL, workers=1)
     out = capsys.readouterr().out
     assert "mini_cityscapes: 1 sample(s) missing, drawing them again" in out
     assert "mini_gta5: up to date" in out

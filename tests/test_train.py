@@ -1,6 +1,6 @@
 """Training loop and evaluation command: schedule, data streams, checkpoints, resume, DDP, errors.
 
-The runs use a tiny mini benchmark (``hqtd.data.synth`` at a handful of images, prepared at its
+The runs use a tiny mini benchmark (``hqtd synth`` at a handful of images, prepared at its
 stored size and resized to 64x32 by the datasets) and a mini model of width 8.
 """
 
@@ -34,7 +34,7 @@ from hqtd.cli import main
 from hqtd.config import load_config
 from hqtd.data.datasets import SegmentationDataset
 from hqtd.data.prepare import prepare
-from hqtd.data.synth import Counts, generate
+from hqtd.data.synth.write import Counts, generate
 from hqtd.determinism import PORTABLE_ENV
 from hqtd.errors import HqtdError
 from hqtd.evaluate import evaluate_command, selection_score

@@ -13,9 +13,9 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
 from hqtd.config import Augmentation
-from hqtd.data.formats import read_image, read_label_png, resize_image, resize_label
+from hqtd.data.formats import MANIFEST_NAME
+from hqtd.data.formats.png import read_image, read_label_png, resize_image, resize_label
 from hqtd.data.labels import TRAINID_TO_16_LUT, apply_lut
-from hqtd.data.prepare import MANIFEST_NAME
 from hqtd.errors import HqtdError
 
 

@@ -16,8 +16,8 @@ and the manifest last, so a killed run leaves complete files or none.
 Freshness is decided by content, not by file times: every output PNG carries a text chunk
 (:data:`SOURCE_KEY`) recording what it was made from — the prepared format version, the raw
 file's size and SHA-256, the resize and, for labels, the SHA-256 of the dataset's lookup table
-(:func:`~hqtd.data.formats.label_table`). A second run reuses an output whose record equals the
-current one, so an edited mapping or a replaced raw file (even one copied in with ``cp -p``,
+(:func:`~hqtd.data.formats.raw.label_table`). A second run reuses an output whose record equals
+the current one, so an edited mapping or a replaced raw file (even one copied in with ``cp -p``,
 which keeps the old mtime) is converted again; an unchanged manifest is left untouched. The
 manifest lists each sample's source hashes and the table's hash, so its own hash (which
 ``hqtd train`` records) changes with them. Hashing reads every raw file that is converted (the
@@ -50,25 +50,27 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
-from hqtd.data.formats import (
-    RawSample,
+from hqtd.data.formats import MANIFEST_NAME
+from hqtd.data.formats.png import (
     check_image_header,
-    check_label_header,
-    decode_label,
-    label_table,
-    list_samples,
-    raise_problems,
     read_image,
     read_label_png,
     read_png_header,
     resize_image,
     resize_label,
 )
+from hqtd.data.formats.raw import (
+    RawSample,
+    check_label_header,
+    decode_label,
+    label_table,
+    list_samples,
+    raise_problems,
+)
 from hqtd.data.labels import CLASS_NAMES
 from hqtd.errors import HqtdError
 from hqtd.io import atomic_path, file_sha256, sweep_temporaries, write_json
 
-MANIFEST_NAME = "manifest.json"
 #: Version of the prepared form; part of every output's record, so changing how outputs are
 #: made (a new value here) converts everything again.
 MANIFEST_FORMAT = "hqtd-prepared-v2"

@@ -33,7 +33,8 @@ from matplotlib.figure import Figure
 
 from hqtd.config import evaluation_config
 from hqtd.data.datasets import SegmentationDataset
-from hqtd.data.formats import decode_label, list_samples, read_image
+from hqtd.data.formats.png import read_image
+from hqtd.data.formats.raw import decode_label, list_samples
 from hqtd.data.labels import colorize
 from hqtd.determinism import cpu_kernels
 from hqtd.errors import HqtdError
