@@ -48,11 +48,13 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from hqtd.config import check_init, load_config, to_yaml
+    from hqtd.config import check_init, load_config, params_choices, to_yaml
     from hqtd.determinism import pin_cpu_kernels
 
     config = load_config(args.overrides)  # validate before importing the training stack
-    if args.cfg:
+    if args.cfg:  # the files merged (e.g. the benchmark's loss weights), then the result
+        chosen = params_choices(args.overrides)
+        print(f"# composed from params/: {', '.join(f'{g}/{o}.yaml' for g, o in chosen.items())}")
         print(to_yaml(config), end="")
         return
     check_init(config)
@@ -99,12 +101,10 @@ def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from hqtd.config import evaluation_config, override_pairs
+    from hqtd.config import evaluation_config
     from hqtd.determinism import pin_cpu_kernels
 
-    where = ("input", "out", "overlay")  # predict's own keys, not config keys
-    config_args = [f"{k}={v}" for k, v in override_pairs(args.overrides).items() if k not in where]
-    pin_cpu_kernels(evaluation_config(config_args).train.determinism)  # before torch loads
+    pin_cpu_kernels(evaluation_config(args.overrides).train.determinism)  # before torch loads
     from hqtd.predict import predict_command
 
     predict_command(args.overrides)

@@ -2,7 +2,9 @@
 
 ``params/config.yaml`` extends the :class:`Config` schema, so every group file merged into it is
 checked: an unknown key or a value of the wrong type fails composition with a one-line
-:class:`~hqtd.errors.HqtdError` naming the key.
+:class:`~hqtd.errors.HqtdError` naming the key. Every reader of ``params/`` (training, the grid,
+evaluation of a saved run, ``dvc.yaml``) composes through :func:`_composed`; the benchmark,
+method and protocol sections are named after the files chosen, which carry no ``name:``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,38 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from hqtd.errors import HqtdError
 
+#: The repository's ``params/``, next to the package (a checkout: ``pip install -e .``).
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+#: Environment variable naming another params folder (e.g. a copy with a new method file).
+PARAMS_ENV = "HQTD_PARAMS"
+#: Groups whose chosen file names the section (``method=full`` -> ``method.name: full``).
+NAMED_GROUPS = ("benchmark", "method", "protocol")
+#: ``KEY=VALUE`` arguments of ``hqtd evaluate``/``predict`` that are not config keys.
+COMMAND_OPTIONS = ("out", "input", "overlay")
+
+
+def params_dir() -> Path:
+    """The Hydra config root: ``$HQTD_PARAMS`` when set, else the repository's ``params/``.
+
+    Raises:
+        HqtdError: no ``config.yaml`` there (e.g. hqtd installed from a wheel, without its
+            repository): one line saying how to install.
+    """
+    path = Path(os.environ[PARAMS_ENV]) if os.environ.get(PARAMS_ENV) else PARAMS_DIR
+    if not (path / "config.yaml").is_file():
+        raise HqtdError(
+            f"{path / 'config.yaml'} not found: hqtd reads params/ from its repository; install "
+            f"it from a clone with `pip install -e <clone>` (or set {PARAMS_ENV}=<clone>/params)"
+        )
+    return path
 
 
 class Backbone(StrEnum):
@@ -103,7 +130,7 @@ class DatasetConfig:
 
 @dataclass
 class BenchmarkConfig:
-    name: str = MISSING
+    name: str = MISSING  # the params file composed (load_config), not set in the file
     source: DatasetConfig = field(default_factory=DatasetConfig)
     target: DatasetConfig = field(default_factory=DatasetConfig)
     target_val: DatasetConfig = field(default_factory=DatasetConfig)
@@ -116,7 +143,7 @@ class BenchmarkConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = MISSING
+    name: str = MISSING  # the params file composed (load_config), not set in the file
     stage: Stage = Stage.adapt
     self_training: bool = True  # steps 4, 5, 7: ClassMix + self-training on the strong view
     t2s: bool = False  # step 6: target->source mix
@@ -126,7 +153,7 @@ class MethodConfig:
     lambda_st: float = 0.1
     lambda_aux: float = 0.1
     lambda_mix: float = 0.1
-    lambda_cl: float = 0.01  # 0.008 for SYNTHIA, set by the benchmark file
+    lambda_cl: float = 0.01  # 0.008 for SYNTHIA: the benchmark chooses params/loss_weights/
     t_max: float = 0.95
     tau_pix: float = 0.05
     tau_proto: float = 1.0 / 7.0
@@ -174,7 +201,7 @@ class TrainConfig:
 
 @dataclass
 class ProtocolConfig:
-    name: str = MISSING
+    name: str = MISSING  # the params file composed (load_config), not set in the file
     resize_labels: bool = True  # paper: labels resized to benchmark.target_size; strict: full size
     checkpoint: CheckpointRule = CheckpointRule.best
 
@@ -300,7 +327,7 @@ def check_ranges(config: Config) -> None:
         )
 
 
-def load_config(overrides: list[str], config_dir: Path = PARAMS_DIR) -> Config:
+def load_config(overrides: list[str]) -> Config:
     """Compose ``params/config.yaml`` and Hydra ``KEY=VALUE`` overrides into a :class:`Config`
     and check its ranges (:func:`check_ranges`).
 
@@ -308,10 +335,39 @@ def load_config(overrides: list[str], config_dir: Path = PARAMS_DIR) -> Config:
         HqtdError: an unknown key, a wrong type, an unknown group option, a missing value or a
             value out of range.
     """
+    return _composed("config", overrides)[0]
+
+
+def params_choices(overrides: list[str]) -> dict[str, str]:
+    """Group -> option of every params group file that ``hqtd train overrides`` composes, by
+    group name (``{"benchmark": "mini_gta5", "loss_weights": "paper_x10", ...}``, i.e.
+    ``params/<group>/<option>.yaml``; ``params/config.yaml`` gives the order they merge in).
+
+    Raises:
+        HqtdError: as :func:`load_config`.
+    """
+    return _composed("config", overrides)[1]
+
+
+def _composed(primary: str, overrides: list[str]) -> tuple[Config, dict[str, str]]:
+    """The one reader of ``params/``: Hydra composes ``primary`` (``params/config.yaml``, or a
+    saved run's config, :func:`evaluation_config`) with ``overrides`` into the typed schema; each
+    section of :data:`NAMED_GROUPS` is named after the file chosen for it.
+
+    Returns:
+        The checked config and the chosen group files (group -> option).
+    """
+    folder = params_dir()
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
             overrides = [quote_spaces(override) for override in overrides]
-            composed = compose(config_name="config", overrides=overrides)
+            composed = compose(primary, overrides=overrides, return_hydra_config=True)
+        choices = _params_choices(composed, folder)
+        with open_dict(composed):
+            del composed["hydra"]
+        for group in NAMED_GROUPS:
+            if group in choices:
+                composed[group].name = choices[group]
         OmegaConf.resolve(composed)
         missing = sorted(OmegaConf.missing_keys(composed))
         if missing:
@@ -321,7 +377,17 @@ def load_config(overrides: list[str], config_dir: Path = PARAMS_DIR) -> Config:
         raise HqtdError(f"bad configuration: {_one_line(error)}") from None
     assert isinstance(config, Config)
     check_ranges(config)
-    return config
+    return config, choices
+
+
+def _params_choices(composed: DictConfig, folder: Path) -> dict[str, str]:
+    """The params group files Hydra chose (its own ``hydra/*`` groups left out)."""
+    choices = composed.hydra.runtime.choices
+    return {
+        group: str(option)
+        for group, option in sorted(choices.items())
+        if option is not None and (folder / group).is_dir()
+    }
 
 
 def to_yaml(config: Config) -> str:
@@ -403,54 +469,55 @@ def _init_hint(model: ModelConfig) -> str:
     )
 
 
-def override_pairs(overrides: list[str]) -> dict[str, str]:
-    """``KEY=VALUE`` command-line overrides as a dict (the last of a repeated key wins)."""
-    pairs = {}
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep or not key:
-            raise HqtdError(f"bad override {override!r}: expected KEY=VALUE")
-        pairs[key] = value
-    return pairs
+def split_overrides(arguments: list[str]) -> tuple[dict[str, Override], dict[str, str]]:
+    """``KEY=VALUE`` arguments, parsed by Hydra's override grammar (the one :func:`load_config`
+    applies), split into config overrides (key -> override) and :data:`COMMAND_OPTIONS`
+    (key -> value); the last of a repeated key wins.
 
-
-def evaluation_config(overrides: list[str]) -> Config:
-    """The run's saved ``config.yaml`` with the command's overrides applied.
-
-    Without ``run_dir=DIR``: ``checkpoint=FILE benchmark=NAME`` (:func:`_checkpoint_config`).
-    ``protocol=NAME`` selects ``params/protocol/NAME.yaml``; any other
-    ``key=value`` (``checkpoint=FILE``, ``train.device=cpu``, ...) is merged into the typed schema.
+    Raises:
+        HqtdError: an argument that is not ``KEY=VALUE``.
     """
-    pairs = override_pairs(overrides)
-    pairs.pop("out", None)  # where hqtd evaluate writes (hqtd.evaluate.output_dir)
-    if "run_dir" not in pairs:
-        return _checkpoint_config(pairs)
-    saved = Path(pairs["run_dir"]) / "config.yaml"
+    quoted = [quote_spaces(argument) for argument in arguments]
+    try:
+        parsed = OverridesParser.create().parse_overrides(quoted)
+    except HydraException as error:
+        raise HqtdError(f"bad override: {_one_line(error)} (expected KEY=VALUE)") from None
+    overrides = {o.key_or_group: o for o in parsed if o.key_or_group not in COMMAND_OPTIONS}
+    options = {o.key_or_group: str(o.value()) for o in parsed if o.key_or_group in COMMAND_OPTIONS}
+    return overrides, options
+
+
+#: ConfigStore names of the saved run that :func:`evaluation_config` composes on.
+SAVED_RUN, EVALUATED_RUN = "saved_run", "evaluated_run"
+
+
+def evaluation_config(arguments: list[str]) -> Config:
+    """The run's saved ``config.yaml`` with the command's overrides applied, composed by Hydra:
+    ``protocol=NAME`` selects ``params/protocol/NAME.yaml``, any other ``key=value``
+    (``checkpoint=FILE``, ``train.device=cpu``, ...) sets a key of the typed schema;
+    :data:`COMMAND_OPTIONS` are left out. Without ``run_dir=DIR``: ``checkpoint=FILE
+    benchmark=NAME`` (:func:`_checkpoint_config`).
+
+    Raises:
+        HqtdError: no saved config in ``run_dir``, or overrides it cannot take.
+    """
+    overrides, _ = split_overrides(arguments)
+    if "run_dir" not in overrides:
+        return _checkpoint_config(overrides)
+    saved = Path(str(overrides["run_dir"].value())) / "config.yaml"
     if not saved.is_file():
         raise HqtdError(f"{saved}: not found (run_dir must be a training run directory)")
-    layers = [OmegaConf.structured(from_yaml(saved))]
-    if "protocol" in pairs:
-        name = pairs.pop("protocol")
-        protocol_file = PARAMS_DIR / "protocol" / f"{name}.yaml"
-        if not protocol_file.is_file():
-            available = sorted(p.stem for p in protocol_file.parent.glob("*.yaml"))
-            raise HqtdError(f"protocol={name}: unknown, available: {', '.join(available)}")
-        layers.append({"protocol": OmegaConf.load(protocol_file)})
-    try:
-        layers.append(OmegaConf.from_dotlist([f"{k}={v}" for k, v in pairs.items()]))
-        result = OmegaConf.to_object(OmegaConf.merge(*layers))
-    except (OmegaConfBaseException, ValueError) as error:
-        raise HqtdError(f"bad override: {str(error).splitlines()[0]}") from None
-    assert isinstance(result, Config)
-    check_ranges(result)
-    return result
+    store = ConfigStore.instance()
+    store.store(name=SAVED_RUN, node=OmegaConf.structured(from_yaml(saved)))
+    store.store(name=EVALUATED_RUN, node={"defaults": [SAVED_RUN, {"protocol": None}, "_self_"]})
+    return _composed(EVALUATED_RUN, [o.input_line for o in overrides.values()])[0]
 
 
-def _checkpoint_config(pairs: dict[str, str]) -> Config:
+def _checkpoint_config(overrides: dict[str, Override]) -> Config:
     """The config scoring a checkpoint from anywhere: ``params/`` composed with the overrides
     (``benchmark=``, optionally ``method=``, ``model.*``, ``protocol=``), ``run_dir`` empty."""
-    if "checkpoint" not in pairs or "benchmark" not in pairs:
+    if "checkpoint" not in overrides or "benchmark" not in overrides:
         raise HqtdError(
             "expected run_dir=DIR (a training run directory) or checkpoint=FILE benchmark=NAME"
         )
-    return load_config([f"{key}={value}" for key, value in pairs.items()] + ["run_dir=''"])
+    return load_config([*(o.input_line for o in overrides.values()), "run_dir=''"])

@@ -18,14 +18,12 @@ from functools import cache
 from pathlib import Path
 
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 
 from hqtd.codedeps import PACKAGE_DIR, module_files
-from hqtd.config import PARAMS_DIR
+from hqtd.config import params_choices
 from hqtd.data.synth.write import SPLITS
 from hqtd.errors import HqtdError
-from hqtd.grid import GRID_FILE, Grid, Run, load_grid, protocols
+from hqtd.grid import Grid, Run, load_grid, protocols
 from hqtd.io import write_text
 
 ROOT = PACKAGE_DIR.parent
@@ -76,17 +74,7 @@ def params_files(overrides: tuple[str, ...]) -> dict[str, str]:
     Raises:
         HqtdError: overrides that Hydra cannot compose.
     """
-    try:
-        with initialize_config_dir(config_dir=str(PARAMS_DIR), version_base="1.3"):
-            composed = compose("config", overrides=list(overrides), return_hydra_config=True)
-    except HydraException as error:
-        raise HqtdError(f"bad configuration: {str(error).splitlines()[0]}") from None
-    choices = composed.hydra.runtime.choices
-    return {
-        group: str(choices[group])
-        for group in sorted(choices)
-        if choices[group] is not None and (PARAMS_DIR / group).is_dir()
-    }
+    return params_choices([*overrides, "run_dir=''"])
 
 
 def _outs(paths: list[str], **options: bool) -> list[dict]:
@@ -189,10 +177,9 @@ def _report_stage(grid: Grid, command: str) -> dict:
     """``tables`` or ``figures`` of the grid (the figures also draw target images)."""
     out = (grid.tables_dir if command == "tables" else grid.figures_dir).as_posix()
     data = [f"{DATA_ROOT}/prepared/{grid.target}"] if command == "figures" else []
-    grid_file = GRID_FILE.relative_to(ROOT).as_posix()
     return {
         "cmd": f"hqtd {command} --out {out} --grid {grid.name}",
-        "deps": [grid.runs_dir.as_posix(), *data, grid_file, *code_deps(command)],
+        "deps": [grid.runs_dir.as_posix(), *data, "params/grid.yaml", *code_deps(command)],
         "outs" if command == "tables" else "plots": _outs([out], cache=False),
     }
 

@@ -28,7 +28,7 @@ from hqtd.config import (
     ScoringConfig,
     checked_scoring,
     evaluation_config,
-    override_pairs,
+    split_overrides,
 )
 from hqtd.data.datasets import SegmentationDataset, image_resample
 from hqtd.data.labels import class_names
@@ -267,7 +267,7 @@ def evaluate_command(overrides: list[str]) -> None:
     (still training, or killed) is scored as it stands, with a line saying so.
     """
     config = evaluation_config(overrides)
-    out = output_dir(config, override_pairs(overrides).get("out"))
+    out = output_dir(config, split_overrides(overrides)[1].get("out"))
     model, path, loaded, device = scoring_model(config, overrides)
     checkpoint_name = config.checkpoint or config.protocol.checkpoint.value
 
@@ -381,7 +381,7 @@ def scoring_model(
     loaded = read_weights(path, config.weights)
     model_config = config.model
     if loaded.authors_format:
-        model_config, applied = authors_conventions(model_config, override_pairs(overrides))
+        model_config, applied = authors_conventions(model_config, split_overrides(overrides)[0])
         if applied:
             print(f"{path}: authors' checkpoint, scored with their network conventions {applied}")
     device = resolve_device(config.train.device, config.train.threads)

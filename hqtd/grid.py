@@ -7,13 +7,13 @@ results apart (``results/{runs,tables,figures}/<grid>``): grids train the same b
 and seed with different settings (demo shortens the schedules of mini). The benchmark and
 method files under ``params/`` are the source of truth for datasets, training stages and the
 source method each adaptation starts from: a grid's target, datasets and source-only runs are
-derived from them here, never spelled out (``hqtd dvc-yaml`` writes ``dvc.yaml`` from this module).
+derived here from the typed config those files compose into (:func:`hqtd.config.load_config`),
+never spelled out (``hqtd dvc-yaml`` writes ``dvc.yaml`` from this module).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import shlex
 from dataclasses import dataclass, replace
 from functools import cache
@@ -21,11 +21,10 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from hqtd.config import PARAMS_DIR, MethodConfig, check_init, load_config
+from hqtd.config import Config, DatasetConfig, check_init, load_config, params_dir
 from hqtd.data.formats import DATASETS
 from hqtd.errors import HqtdError
 
-GRID_FILE = PARAMS_DIR / "grid.yaml"
 RUNS_DIR = Path("results/runs")
 TABLES_DIR = Path("results/tables")
 FIGURES_DIR = Path("results/figures")
@@ -33,8 +32,11 @@ FIGURES_DIR = Path("results/figures")
 SUPERVISED_STAGES = ("source_only", "oracle")
 #: Prefix of the embedded mini datasets, which ``hqtd synth`` writes.
 MINI_PREFIX = "mini_"
-#: Hydra's header of a group file that writes global keys (``method:``, ``model:``, ...).
-GLOBAL_PACKAGE = re.compile(r"^#\s*@package\s+_global_\s*$", re.MULTILINE)
+
+
+def grid_file() -> Path:
+    """``params/grid.yaml`` (of the params folder in use, :func:`hqtd.config.params_dir`)."""
+    return params_dir() / "grid.yaml"
 
 
 @dataclass(frozen=True)
@@ -48,31 +50,48 @@ class Benchmark:
     mini: bool
 
 
-@cache
 def benchmark(name: str) -> Benchmark:
-    """Read ``params/benchmark/<name>.yaml``.
+    """The benchmark ``name`` as the typed config composes it (``benchmark=<name>``).
 
     Raises:
-        HqtdError: no such benchmark file.
+        HqtdError: no such benchmark file, or a dataset root outside ``<data_root>/prepared``.
     """
-    section = _params_file("benchmark", name)["benchmark"]
-    # Roots look like "${data_root}/prepared/<dataset>": the dataset is the last path component.
+    config = _group_config("benchmark", name, params_dir())
+    section = config.benchmark
     return Benchmark(
         name=name,
-        source=PurePosixPath(section["source"]["root"]).name,
-        target=PurePosixPath(section["target"]["root"]).name,
-        num_classes=int(section["num_classes"]),
-        mini=bool(section["mini"]),
+        source=_dataset(config, section.source, "source"),
+        target=_dataset(config, section.target, "target"),
+        num_classes=section.num_classes,
+        mini=section.mini,
     )
 
 
+def _dataset(config: Config, dataset: DatasetConfig, key: str) -> str:
+    """The prepared dataset a benchmark reads: its root's folder, which the workflow prepares
+    (``hqtd prepare``) under ``<data_root>/prepared``."""
+    root, prepared = PurePosixPath(dataset.root), PurePosixPath(config.data_root, "prepared")
+    if root.parent != prepared:
+        raise HqtdError(
+            f"benchmark {config.benchmark.name}: benchmark.{key}.root={root}: expected "
+            f"{prepared}/<dataset> (the workflow prepares every dataset there)"
+        )
+    return root.name
+
+
 @cache
-def _method_fields(name: str) -> dict:
-    """The ``method`` section of ``params/method/<name>.yaml``: the whole file, or its ``method:``
-    key when the file is ``# @package _global_`` (it sets other groups too, e.g. ``model``)."""
-    data = _params_file("method", name) or {}
-    text = (PARAMS_DIR / "method" / f"{name}.yaml").read_text()
-    return data.get("method", {}) if GLOBAL_PACKAGE.search(text) else data
+def _group_config(group: str, option: str, params: Path) -> Config:
+    """The typed config of ``<group>=<option>`` (the other groups at their defaults), composed
+    once per ``params`` folder (:func:`params_dir`, the cache key: Snakemake builds its DAG from
+    these, and a test may point ``HQTD_PARAMS`` elsewhere).
+
+    Raises:
+        HqtdError: load_config's one line, prefixed with the group and option.
+    """
+    try:
+        return load_config([f"{group}={option}", "run_dir=''"])
+    except HqtdError as error:
+        raise HqtdError(f"{group} {option!r}: {error}") from None
 
 
 def method_stage(name: str) -> str:
@@ -81,7 +100,7 @@ def method_stage(name: str) -> str:
     Raises:
         HqtdError: no such method file.
     """
-    return str(_method_fields(name).get("stage", MethodConfig.stage.value))
+    return _group_config("method", name, params_dir()).method.stage.value
 
 
 def source_method(name: str) -> str:
@@ -90,25 +109,13 @@ def source_method(name: str) -> str:
     Raises:
         HqtdError: no such method file, or a source method that is not a supervised method.
     """
-    source = str(_method_fields(name).get("source_method", MethodConfig.source_method))
+    source = _group_config("method", name, params_dir()).method.source_method
     if method_stage(source) not in SUPERVISED_STAGES:
         raise HqtdError(
             f"method {name!r}: source_method {source!r} has stage {method_stage(source)}, "
             f"expected one of {', '.join(SUPERVISED_STAGES)}"
         )
     return source
-
-
-def _params_file(group: str, name: str) -> dict:
-    """The YAML of ``params/<group>/<name>.yaml``; a missing file names the available ones."""
-    path = PARAMS_DIR / group / f"{name}.yaml"
-    if not path.is_file():
-        raise HqtdError(f"{group} {name!r}: {path} not found ({_available(group)})")
-    return yaml.safe_load(path.read_text())
-
-
-def _available(group: str) -> str:
-    return "available: " + ", ".join(sorted(p.stem for p in (PARAMS_DIR / group).glob("*.yaml")))
 
 
 def dataset_format(dataset: str) -> str:
@@ -290,7 +297,9 @@ class Grid:
         ]
 
 
-def _read_grids(path: Path) -> dict:
+def _read_grids(path: Path | None) -> dict:
+    """The grid file (default :func:`grid_file`), checked to hold a ``grids`` mapping."""
+    path = path or grid_file()
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -300,13 +309,14 @@ def _read_grids(path: Path) -> dict:
     return data
 
 
-def grid_names(path: Path = GRID_FILE) -> list[str]:
-    """Names of the grids in ``path``, in file order."""
+def grid_names(path: Path | None = None) -> list[str]:
+    """Names of the grids in ``path`` (default :func:`grid_file`), in file order."""
     return list(_read_grids(path)["grids"])
 
 
-def default_grid_name(path: Path = GRID_FILE) -> str:
+def default_grid_name(path: Path | None = None) -> str:
     """The grid ``default`` names (the one ``dvc.yaml`` and a bare ``snakemake`` run)."""
+    path = path or grid_file()
     data = _read_grids(path)
     name = data.get("default")
     if not isinstance(name, str) or name not in data["grids"]:  # e.g. an old `default: *demo`
@@ -318,7 +328,7 @@ def default_grid_name(path: Path = GRID_FILE) -> str:
 GRID_KEYS = ("benchmarks", "supervised", "adapted", "seeds", "overrides", "prepare")
 
 
-def load_grid(name: str | None = None, path: Path = GRID_FILE) -> Grid:
+def load_grid(name: str | None = None, path: Path | None = None) -> Grid:
     """Read and check one grid (the default grid when ``name`` is None).
 
     Raises:
@@ -326,6 +336,7 @@ def load_grid(name: str | None = None, path: Path = GRID_FILE) -> Grid:
             method, a method listed under the wrong kind, benchmarks with different targets, or
             ``prepare`` options for a dataset the grid does not use.
     """
+    path = path or grid_file()
     grids = _read_grids(path)["grids"]
     name = default_grid_name(path) if name is None else name
     if name not in grids:
@@ -381,18 +392,21 @@ def _check(grid: Grid, where: str) -> None:
         )
 
 
-def protocols(path: Path = GRID_FILE) -> list[str]:
+def protocols(path: Path | None = None) -> list[str]:
     """The evaluation protocols every run is evaluated under (``protocols`` of the grid file).
 
     Raises:
         HqtdError: the list is missing or names a protocol without ``params/protocol/<name>.yaml``.
     """
+    path = path or grid_file()
     names = _read_grids(path).get("protocols")
     if not isinstance(names, list) or not names:
         raise HqtdError(f"{path}: expected a non-empty list 'protocols'")
+    folder = params_dir() / "protocol"
     for name in names:
-        if not (PARAMS_DIR / "protocol" / f"{name}.yaml").is_file():
-            raise HqtdError(f"{path}: protocol {name!r} unknown ({_available('protocol')})")
+        if not (folder / f"{name}.yaml").is_file():
+            available = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+            raise HqtdError(f"{path}: protocol {name!r} unknown (available: {available})")
     return [str(name) for name in names]
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hqtd.config import evaluation_config, override_pairs
+from hqtd.config import evaluation_config, split_overrides
 from hqtd.data.formats.png import read_image
 from hqtd.data.labels import CITYSCAPES_ID_TO_TRAINID, TRAINIDS_16, colorize
 from hqtd.determinism import cpu_kernels
@@ -78,17 +78,16 @@ def predict_command(overrides: list[str]) -> None:
     Raises:
         HqtdError: ``input``/``out`` missing, no images under ``input``, a bad checkpoint.
     """
-    pairs = override_pairs(overrides)
-    if "input" not in pairs or "out" not in pairs:
+    options = split_overrides(overrides)[1]
+    if "input" not in options or "out" not in options:
         raise HqtdError("expected input=DIR (images) and out=DIR (predictions)")
-    root, out = Path(pairs.pop("input")), Path(pairs.pop("out"))
-    overlay = pairs.pop("overlay", "false").lower() in ("true", "1", "yes")
+    root, out = Path(options["input"]), Path(options["out"])
+    overlay = options.get("overlay", "false").lower() in ("true", "1", "yes")
     images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise HqtdError(f"input={root}: no {'/'.join(IMAGE_SUFFIXES)} images found")
-    rest = [f"{key}={value}" for key, value in pairs.items()]
-    config = evaluation_config(rest)
-    model, _, _, device = scoring_model(config, rest)
+    config = evaluation_config(overrides)
+    model, _, _, device = scoring_model(config, overrides)
     input_size = tuple(config.benchmark.target_size)
     with torch.no_grad(), cpu_kernels(config.train.determinism, config.train.threads):
         for path in images:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from hqtd import __version__
 from hqtd.codedeps import code_fingerprint
-from hqtd.config import PARAMS_DIR, Config
+from hqtd.config import Config, params_dir
 from hqtd.determinism import PORTABLE_ENV
 from hqtd.io import file_sha256
 
@@ -98,7 +98,7 @@ def _git(*args: str) -> str | None:
 
 def _code_paths() -> tuple[str, str]:
     """The package and ``params/``: the code and configuration a result depends on."""
-    return str(Path(__file__).resolve().parent), str(PARAMS_DIR)
+    return str(Path(__file__).resolve().parent), str(params_dir())
 
 
 def git_revision() -> str:

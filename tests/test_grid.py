@@ -6,13 +6,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-import hqtd.grid as grid_module
 from hqtd.config import PARAMS_DIR, load_config
 from hqtd.errors import HqtdError
 from hqtd.grid import (
-    GRID_FILE,
     Run,
     default_grid_name,
+    grid_file,
     grid_names,
     load_grid,
     protocols,
@@ -99,13 +98,9 @@ def test_a_source_method_must_be_supervised(tmp_path, monkeypatch):
     shutil.copytree(PARAMS_DIR, params)
     official = params / "method" / "official.yaml"
     official.write_text(official.read_text().replace("source_only_official", "full"))
-    monkeypatch.setattr(grid_module, "PARAMS_DIR", params)
-    grid_module._method_fields.cache_clear()
-    try:
-        with pytest.raises(HqtdError, match="method 'official': source_method 'full' has stage"):
-            load_grid("paper")
-    finally:
-        grid_module._method_fields.cache_clear()
+    monkeypatch.setenv("HQTD_PARAMS", str(params))  # composed once per params folder
+    with pytest.raises(HqtdError, match="method 'official': source_method 'full' has stage"):
+        load_grid("paper")
 
 
 def test_train_overrides_name_the_run_and_end_with_the_grid_overrides():
@@ -162,7 +157,7 @@ def test_unknown_grid_is_a_one_line_error_listing_the_grids():
 
 def _variant(tmp_path: Path, edit) -> Path:
     """A copy of params/grid.yaml with ``edit(data)`` applied to its parsed content."""
-    data = yaml.safe_load(GRID_FILE.read_text())
+    data = yaml.safe_load(grid_file().read_text())
     edit(data)
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(data))
