@@ -40,8 +40,9 @@ from bench.fixtures import CACHE, prepared_gta5
 from hqtd import train
 from hqtd.adapt.ema import ModelEMA
 from hqtd.config import Config, load_config
-from hqtd.evaluate import autocast
 from hqtd.models.deeplabv2 import build_model
+from hqtd.runtime import Runtime, autocast, setup_runtime
+from hqtd.training import schedule, stage, streams
 
 TARGET_RATIO = 1.15
 #: Functions of hqtd.adapt.step timed as phases (looked up there at call time, so patchable).
@@ -161,7 +162,7 @@ class Trainer:
     """What the training loop holds for adaptation (see hqtd.train.run)."""
 
     cfg: Config
-    runtime: train.Runtime
+    runtime: Runtime
     student: RecordingModel
     ema: ModelEMA
     optimizer: torch.optim.Optimizer
@@ -175,11 +176,11 @@ class Trainer:
         the step's result (its loss and terms)."""
         timed = clock or (lambda name: contextlib.nullcontext())
         cfg, device, model = self.cfg, self.runtime.device, self.student.model
-        seed = train.derive_seed(cfg.seed, train.STEP_STREAM, 0, self.iteration)
+        seed = streams.derive_seed(cfg.seed, streams.STEP_STREAM, 0, self.iteration)
         self.generator.manual_seed(seed)
         with timed("data"):
-            batch = train.to_device(next(self.source), device, cfg.train.channels_last)
-            target = train.to_device(next(self.target), device, cfg.train.channels_last)
+            batch = streams.to_device(next(self.source), device, cfg.train.channels_last)
+            target = streams.to_device(next(self.target), device, cfg.train.channels_last)
         with timed("step, rest"), autocast(device, cfg.train.precision):
             result = step_module.adaptation_step(
                 self.student, self.ema, batch, target, cfg, self.generator
@@ -218,19 +219,19 @@ def build_trainer(
 ) -> Trainer:
     """Model, EMA, optimiser and data streams as hqtd.train.run builds them; ``batches`` (source,
     target) replace the loaders of the configured datasets."""
-    runtime = train.setup_runtime(cfg)
+    runtime = setup_runtime(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).train()
     ema = ModelEMA(model, cfg.method.ema_decay)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
     model.to(runtime.device, memory_format=memory_format)
     ema.module.to(runtime.device, memory_format=memory_format)
-    optimizer, _ = train.build_optimizer(model, cfg)
+    optimizer, _ = schedule.build_optimizer(model, cfg)
     if batches is None:
-        source_set, target_set = train.stage_datasets(cfg)
+        source_set, target_set = stage.stage_datasets(cfg)
         batches = (
-            train.batches(source_set, train.SOURCE_STREAM, 0, cfg, runtime),
-            train.batches(target_set, train.TARGET_STREAM, 0, cfg, runtime),
+            streams.batches(source_set, streams.SOURCE_STREAM, 0, cfg, runtime),
+            streams.batches(target_set, streams.TARGET_STREAM, 0, cfg, runtime),
         )
     return Trainer(
         cfg=cfg,

@@ -75,7 +75,7 @@ def level_difference(got: np.ndarray, expected: np.ndarray) -> int:
 
 def test_to_uint8_gives_back_every_dataset_level() -> None:
     levels = torch.arange(256, dtype=torch.uint8)
-    as_input = levels.float().div(255.0).view(1, 1, 1, 256)  # hqtd.evaluate.images_to_float
+    as_input = levels.float().div(255.0).view(1, 1, 1, 256)  # hqtd.runtime.images_to_float
     assert torch.equal(to_uint8(as_input).flatten(), levels)
     # between levels it truncates as numpy's astype(np.uint8): 7.7 -> 7; out of range clips
     between = torch.tensor([7.7, 254.99, -3.0, 300.0]).div(255).view(1, 1, 1, 4)

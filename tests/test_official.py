@@ -30,14 +30,17 @@ from torch import Tensor, nn
 
 import hqtd.adapt.step as step
 import hqtd.train
+import hqtd.training.run_log
 from hqtd.adapt.ema import ModelEMA
 from hqtd.config import load_config
 from hqtd.data.prepare import prepare
 from hqtd.data.synth import Counts, generate
 from hqtd.errors import HqtdError
-from hqtd.models.checkpoints import load_weights
+from hqtd.models.checkpoints import load_checkpoint, load_weights
 from hqtd.models.deeplabv2 import SegOutput, build_model
-from hqtd.train import epoch_length, initial_model, load_checkpoint, train
+from hqtd.train import train
+from hqtd.training.schedule import epoch_length
+from hqtd.training.stage import initial_model
 
 IGNORE = 255
 NUM_CLASSES = 8
@@ -442,7 +445,7 @@ def test_eval_per_epoch_validates_at_epoch_ends(data_root, source_checkpoint, tm
 def record_checkpoints(monkeypatch) -> dict[int, dict]:
     """Every last.pt the loop saves, by iteration (copies of the model and EMA states)."""
     saved = {}
-    original = hqtd.train.save_checkpoint
+    original = hqtd.training.run_log.save_checkpoint
 
     def spy(path: Path, state: dict) -> None:
         if path.name == "last.pt":
@@ -450,7 +453,7 @@ def record_checkpoints(monkeypatch) -> dict[int, dict]:
             saved[state["iteration"]] = keep
         original(path, state)
 
-    monkeypatch.setattr(hqtd.train, "save_checkpoint", spy)
+    monkeypatch.setattr(hqtd.training.run_log, "save_checkpoint", spy)
     return saved
 
 

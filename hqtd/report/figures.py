@@ -37,12 +37,12 @@ from hqtd.data.formats import decode_label, list_samples, read_image
 from hqtd.data.labels import colorize
 from hqtd.determinism import cpu_kernels
 from hqtd.errors import HqtdError
-from hqtd.evaluate import images_to_float, resolve_device
 from hqtd.grid import SUPERVISED_STAGES, Grid, method_stage
 from hqtd.io import atomic_path
 from hqtd.models.checkpoints import load_weights
 from hqtd.models.deeplabv2 import build_model
 from hqtd.report.tables import RunScores, aggregate, collect, scores_of
+from hqtd.runtime import images_to_float, resolve_device
 
 DPI = 100
 #: No "Software" (matplotlib version) entry: the bytes depend on the figure only.

@@ -284,7 +284,7 @@ PLACE_KEYS = ("run_dir", "data_root", "train.init_checkpoint")
 def config_mismatch(run_dir: Path, run: Run, grid: Grid) -> list[str]:
     """Keys whose value in ``run_dir/config.yaml`` differs from the config the grid would train
     ``run`` with (its benchmark, method, seed and overrides); [] without a saved config."""
-    from hqtd.train import config_differences  # torch: only when there are configs to compare
+    from hqtd.training.run_dir import config_differences  # torch: only with configs to compare
 
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
