@@ -35,6 +35,7 @@ from tabulate import tabulate
 from torch import Tensor, nn
 
 import hqtd.adapt.step as step_module
+import hqtd.adapt.views as views_module
 from bench.common import Row, finish, parser, sample_times
 from bench.fixtures import CACHE, prepared_gta5
 from hqtd import train
@@ -45,7 +46,8 @@ from hqtd.runtime import Runtime, autocast, setup_runtime
 from hqtd.training import schedule, stage, streams
 
 TARGET_RATIO = 1.15
-#: Functions of hqtd.adapt.step timed as phases (looked up there at call time, so patchable).
+#: Functions of hqtd.adapt.step and hqtd.adapt.views timed as phases (looked up in their module
+#: at call time, so patchable).
 PHASES = {
     "views: crop + resize": ("sample_crop_boxes", "crop_resize"),
     "views: strong augment": ("strong_augment",),
@@ -89,12 +91,13 @@ class PhaseClock:
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
-        """Time the :data:`PHASES` functions of hqtd.adapt.step while the block runs."""
+        """Time the :data:`PHASES` functions of hqtd.adapt.step and .views while the block runs."""
         with contextlib.ExitStack() as stack:
             for phase, names in PHASES.items():
                 for name in names:
-                    timed = self.wrap(phase, getattr(step_module, name))
-                    stack.enter_context(mock.patch.object(step_module, name, timed))
+                    module = step_module if hasattr(step_module, name) else views_module
+                    timed = self.wrap(phase, getattr(module, name))
+                    stack.enter_context(mock.patch.object(module, name, timed))
             yield
 
 
@@ -182,8 +185,9 @@ class Trainer:
             batch = streams.to_device(next(self.source), device, cfg.train.channels_last)
             target = streams.to_device(next(self.target), device, cfg.train.channels_last)
         with timed("step, rest"), autocast(device, cfg.train.precision):
+            settings = cfg.method, cfg.benchmark.crop_size, cfg.train.aux_weight
             result = step_module.adaptation_step(
-                self.student, self.ema, batch, target, cfg, self.generator
+                self.student, self.ema, batch, target, *settings, self.generator
             )
         with timed("loss check"):
             train.check_finite(

@@ -199,7 +199,10 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
                 result = supervised_step(student, batch, tc.aux_weight)
             else:
                 target_batch = to_device(next(target), device, tc.channels_last)
-                result = adaptation_step(student, ema, batch, target_batch, config, generator)
+                crop = config.benchmark.crop_size
+                result = adaptation_step(
+                    student, ema, batch, target_batch, config.method, crop, tc.aux_weight, generator
+                )
         check_finite(result.loss, result.terms, iteration + 1, runtime, run_dir)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_adapt_step import step_settings
 from test_train import TINY as TRAIN_TINY
 from torch import Tensor, nn
 
@@ -147,7 +148,7 @@ def run_hqtd(student: nn.Module, cfg, source: dict, target: dict, monkeypatch) -
     monkeypatch.setattr(step, "classmix_masks", spy_classmix)
     ema = ModelEMA(student)
     generator = torch.Generator().manual_seed(STEP_SEED)
-    result = step.adaptation_step(student, ema, source, target, cfg, generator)
+    result = step.adaptation_step(student, ema, source, target, *step_settings(cfg), generator)
     result.loss.backward()
     return result, [p.grad.clone() for p in student.parameters()], draws
 
@@ -379,8 +380,9 @@ def test_edge_code_switch_changes_exactly_its_terms():
         torch.manual_seed(0)
         student = TinySeg().double().train()
         source, target = batches()
+        generator = torch.Generator().manual_seed(0)
         result = step.adaptation_step(
-            student, ModelEMA(student), source, target, cfg, torch.Generator().manual_seed(0)
+            student, ModelEMA(student), source, target, *step_settings(cfg), generator
         )
         return result.terms
 
