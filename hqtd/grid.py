@@ -394,8 +394,3 @@ def protocols(path: Path = GRID_FILE) -> list[str]:
         if not (PARAMS_DIR / "protocol" / f"{name}.yaml").is_file():
             raise HqtdError(f"{path}: protocol {name!r} unknown ({_available('protocol')})")
     return [str(name) for name in names]
-
-
-def runs(grid: str | None = None) -> list[Run]:
-    """The runs of grid ``grid`` of ``params/grid.yaml`` (the default grid when None)."""
-    return load_grid(grid).runs()
