@@ -278,14 +278,14 @@ def qualitative_panel(baseline_dir: Path, featured_dir: Path, protocol: str) -> 
     return fig
 
 
-def write_figures(runs: Path, out: Path, grid: Grid | str | None = None) -> list[Path]:
+def write_figures(runs: Path, out: Path, grid: Grid | str) -> list[Path]:
     """``hqtd figures``: the three figures of every benchmark with evaluated runs under ``runs``.
 
     Args:
         runs: the grid's runs folder (``results/runs/<grid>``).
         out: the figures folder (``results/figures/<grid>``).
         grid: only the runs of this grid (a name or a :class:`~hqtd.grid.Grid`, see
-            :func:`hqtd.report.tables.collect`); None: every evaluated run.
+            :func:`hqtd.report.tables.collect`).
 
     Returns:
         the files written.
