@@ -98,45 +98,6 @@ def train_locked(config: Config, state: str, identity: dict[str, Any]) -> None:
                 dist.destroy_process_group()
 
 
-def validate(ema: ModelEMA, val_set: Dataset, config: Config, runtime: Runtime) -> dict[str, Any]:
-    """Per-class IoU and mIoU (percent) of the EMA weights on target val, paper protocol."""
-    if runtime.world_size > 1:  # without SyncBatchNorm BN statistics differ per rank: use rank 0's
-        for buffer in ema.module.buffers():
-            dist.broadcast(buffer, 0)
-    conf = evaluate_model(
-        ema.module,
-        val_set,
-        config.benchmark.num_classes,
-        device=runtime.device,
-        precision=config.train.precision,
-        channels_last=config.train.channels_last,
-        num_workers=config.train.num_workers,
-    )
-    return score_summary(conf)
-
-
-def diagnose(
-    model: nn.Module,
-    ema: ModelEMA,
-    images_labels: tuple[torch.Tensor, torch.Tensor],
-    config: Config,
-    device: torch.device,
-) -> dict[str, Any]:
-    """:func:`~hqtd.adapt.diagnostics.pseudo_label_diagnostics` of the networks the step
-    pseudo-labels with, on :func:`diagnostic_images` (rank 0 only; no collective operation)."""
-    images, labels = images_labels
-    teacher = pseudo_label_model(model, ema, config.method)
-    with autocast(device, config.train.precision):
-        return pseudo_label_diagnostics(
-            model,
-            teacher,
-            images_to_float(images, device, config.train.channels_last),
-            labels.to(device),
-            config.method.t_max,
-            config.benchmark.num_classes,
-        )
-
-
 def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]) -> None:
     """The training loop (see :func:`train`)."""
     tc, device, run_dir = config.train, runtime.device, Path(config.run_dir)
@@ -228,6 +189,46 @@ def run(config: Config, runtime: Runtime, resume: bool, identity: dict[str, Any]
             log.checkpoint("last.pt", state(done))
     progress.close()
     log.finish(total)
+
+
+def validate(ema: ModelEMA, val_set: Dataset, config: Config, runtime: Runtime) -> dict[str, Any]:
+    """Per-class IoU and mIoU (percent) of the EMA weights on target val, paper protocol."""
+    if runtime.world_size > 1:  # without SyncBatchNorm BN statistics differ per rank: use rank 0's
+        for buffer in ema.module.buffers():
+            dist.broadcast(buffer, 0)
+    conf = evaluate_model(
+        ema.module,
+        val_set,
+        config.benchmark.num_classes,
+        device=runtime.device,
+        precision=config.train.precision,
+        channels_last=config.train.channels_last,
+        num_workers=config.train.num_workers,
+    )
+    return score_summary(conf)
+
+
+def diagnose(
+    model: nn.Module,
+    ema: ModelEMA,
+    images_labels: tuple[torch.Tensor, torch.Tensor],
+    config: Config,
+    device: torch.device,
+) -> dict[str, Any]:
+    """:func:`~hqtd.adapt.diagnostics.pseudo_label_diagnostics` of the networks the step
+    pseudo-labels with, on :func:`~hqtd.training.stage.diagnostic_images` (rank 0 only; no
+    collective operation)."""
+    images, labels = images_labels
+    teacher = pseudo_label_model(model, ema, config.method)
+    with autocast(device, config.train.precision):
+        return pseudo_label_diagnostics(
+            model,
+            teacher,
+            images_to_float(images, device, config.train.channels_last),
+            labels.to(device),
+            config.method.t_max,
+            config.benchmark.num_classes,
+        )
 
 
 def check_finite(

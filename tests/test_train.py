@@ -650,10 +650,10 @@ def test_edited_training_code_in_a_copy_of_the_package_is_trained_again(
     env = {**quiet_env(), "PYTHONPATH": str(copy)}
     subprocess.run(hqtd_command(*args), env=env, check=True, capture_output=True, cwd=tmp_path)
     first = [r["lr"] for r in read_jsonl(run_dir / "train_log.jsonl")]
-    train_py = copy / "hqtd" / "train.py"
+    schedule_py = copy / "hqtd" / "training" / "schedule.py"
     schedule = "return base_lr * (1.0 - iteration / total) ** power"
-    assert schedule in train_py.read_text()
-    train_py.write_text(train_py.read_text().replace(schedule, schedule + " * 0.5"))
+    assert schedule in schedule_py.read_text()
+    schedule_py.write_text(schedule_py.read_text().replace(schedule, schedule + " * 0.5"))
     (run_dir / "done").unlink()  # what a DAG does before rerunning the job
     done = subprocess.run(
         hqtd_command(*args), env=env, check=True, capture_output=True, text=True, cwd=tmp_path
