@@ -93,6 +93,7 @@ def layer(module: str) -> str:
         for prefix in prefixes
         if module == prefix or module.startswith(prefix + ".")
     ]
+    assert matches, f"{module}: in no layer of LAYERS (add it to the layer it belongs to)"
     return max(matches)[1]
 
 
