@@ -35,16 +35,19 @@ from tabulate import tabulate
 from torch import Tensor, nn
 
 import hqtd.adapt.step as step_module
+import hqtd.adapt.views as views_module
 from bench.common import Row, finish, parser, sample_times
 from bench.fixtures import CACHE, prepared_gta5
 from hqtd import train
 from hqtd.adapt.ema import ModelEMA
 from hqtd.config import Config, load_config
-from hqtd.evaluate import autocast
 from hqtd.models.deeplabv2 import build_model
+from hqtd.runtime import Runtime, autocast, setup_runtime
+from hqtd.training import schedule, stage, streams
 
 TARGET_RATIO = 1.15
-#: Functions of hqtd.adapt.step timed as phases (looked up there at call time, so patchable).
+#: Functions of hqtd.adapt.step and hqtd.adapt.views timed as phases (looked up in their module
+#: at call time, so patchable).
 PHASES = {
     "views: crop + resize": ("sample_crop_boxes", "crop_resize"),
     "views: strong augment": ("strong_augment",),
@@ -88,12 +91,13 @@ class PhaseClock:
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
-        """Time the :data:`PHASES` functions of hqtd.adapt.step while the block runs."""
+        """Time the :data:`PHASES` functions of hqtd.adapt.step and .views while the block runs."""
         with contextlib.ExitStack() as stack:
             for phase, names in PHASES.items():
                 for name in names:
-                    timed = self.wrap(phase, getattr(step_module, name))
-                    stack.enter_context(mock.patch.object(step_module, name, timed))
+                    module = step_module if hasattr(step_module, name) else views_module
+                    timed = self.wrap(phase, getattr(module, name))
+                    stack.enter_context(mock.patch.object(module, name, timed))
             yield
 
 
@@ -161,7 +165,7 @@ class Trainer:
     """What the training loop holds for adaptation (see hqtd.train.run)."""
 
     cfg: Config
-    runtime: train.Runtime
+    runtime: Runtime
     student: RecordingModel
     ema: ModelEMA
     optimizer: torch.optim.Optimizer
@@ -175,14 +179,15 @@ class Trainer:
         the step's result (its loss and terms)."""
         timed = clock or (lambda name: contextlib.nullcontext())
         cfg, device, model = self.cfg, self.runtime.device, self.student.model
-        seed = train.derive_seed(cfg.seed, train.STEP_STREAM, 0, self.iteration)
+        seed = streams.derive_seed(cfg.seed, streams.STEP_STREAM, 0, self.iteration)
         self.generator.manual_seed(seed)
         with timed("data"):
-            batch = train.to_device(next(self.source), device, cfg.train.channels_last)
-            target = train.to_device(next(self.target), device, cfg.train.channels_last)
+            batch = streams.to_device(next(self.source), device, cfg.train.channels_last)
+            target = streams.to_device(next(self.target), device, cfg.train.channels_last)
         with timed("step, rest"), autocast(device, cfg.train.precision):
+            settings = cfg.method, cfg.benchmark.crop_size, cfg.train.aux_weight
             result = step_module.adaptation_step(
-                self.student, self.ema, batch, target, cfg, self.generator
+                self.student, self.ema, batch, target, *settings, self.generator
             )
         with timed("loss check"):
             train.check_finite(
@@ -218,19 +223,19 @@ def build_trainer(
 ) -> Trainer:
     """Model, EMA, optimiser and data streams as hqtd.train.run builds them; ``batches`` (source,
     target) replace the loaders of the configured datasets."""
-    runtime = train.setup_runtime(cfg)
+    runtime = setup_runtime(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).train()
     ema = ModelEMA(model, cfg.method.ema_decay)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.preserve_format
     model.to(runtime.device, memory_format=memory_format)
     ema.module.to(runtime.device, memory_format=memory_format)
-    optimizer, _ = train.build_optimizer(model, cfg)
+    optimizer, _ = schedule.build_optimizer(model, cfg)
     if batches is None:
-        source_set, target_set = train.stage_datasets(cfg)
+        source_set, target_set = stage.stage_datasets(cfg)
         batches = (
-            train.batches(source_set, train.SOURCE_STREAM, 0, cfg, runtime),
-            train.batches(target_set, train.TARGET_STREAM, 0, cfg, runtime),
+            streams.batches(source_set, streams.SOURCE_STREAM, 0, cfg, runtime),
+            streams.batches(target_set, streams.TARGET_STREAM, 0, cfg, runtime),
         )
     return Trainer(
         cfg=cfg,

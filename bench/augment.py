@@ -16,7 +16,7 @@ import torch
 from tabulate import tabulate
 
 from bench.common import Row, cuda_clock, finish, parser, ratio, sample_times, setup_threads
-from hqtd.adapt.step import make_views
+from hqtd.adapt.views import make_views
 from hqtd.config import Augmentation
 
 CASES = {"(2, 3, 96, 96) -> 96": (96, 96, 96), "(2, 3, 640, 1280) -> 512": (640, 1280, 512)}

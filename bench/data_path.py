@@ -3,7 +3,7 @@ paper resolution, and pre-resized vs resized on load.
 
 Each case reads a prepared GTA5-layout fixture (bench.fixtures, made once with ``hqtd prepare``)
 through ``SegmentationDataset(train=True)`` (decode, resize, flip, blur) and the DataLoader of
-``hqtd.train.batches`` (batch 2, per-item seeding, collation), in this process
+``hqtd.training.streams.batches`` (batch 2, per-item seeding, collation), in this process
 (``num_workers=0``): the figure is the CPU cost of a sample; with W workers the wall time of a
 batch divides by up to W. Paper resolution: 1914×1052 GTA5 images for a 1280×720 source,
 either prepared with ``--resize 1280x720`` (images stored at that size) or resized on every load.
@@ -21,8 +21,10 @@ from tabulate import tabulate
 
 from bench.common import Row, best_times, finish, parser, ratio, setup_threads
 from bench.fixtures import prepared_gta5
-from hqtd import train
 from hqtd.config import load_config
+from hqtd.runtime import Runtime
+from hqtd.training import streams
+from hqtd.training.stage import stage_datasets
 
 BATCH = 2
 GTA5_SIZE = (1914, 1052)
@@ -37,10 +39,10 @@ def loader(benchmark: str, root: Path) -> tuple[str, Iterator[dict]]:
                  f"benchmark.source.root={root}", f"train.batch_size={BATCH}",
                  "train.num_workers=0", "train.device=cpu"]  # fmt: skip
     cfg = load_config(overrides)
-    dataset, _ = train.stage_datasets(cfg)
-    runtime = train.Runtime(torch.device("cpu"))
+    dataset, _ = stage_datasets(cfg)
+    runtime = Runtime(torch.device("cpu"))
     width, height = cfg.benchmark.source_size
-    return f"{width}x{height}", train.batches(dataset, train.SOURCE_STREAM, 0, cfg, runtime)
+    return f"{width}x{height}", streams.batches(dataset, streams.SOURCE_STREAM, 0, cfg, runtime)
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from bench import gpu_step, real_size
 from bench.common import MIB
 from hqtd.adapt.step import supervised_step
 from hqtd.config import Config
-from hqtd.evaluate import autocast
+from hqtd.runtime import autocast
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Time caps in seconds of the parts (full mode), in running order; their sum stays under 8 min.
@@ -128,7 +128,7 @@ def part_real_run(dry: bool, device: str, work: Path) -> list[str]:
         lines.append(f"\ntrain log: {len(log.read_text().splitlines())} records ({log})")
     lines.append(
         "\nNote: with one process `hqtd train` sees WORLD_SIZE=1 and runs without a process "
-        "group (hqtd.train.setup_runtime), so NCCL, DDP and SyncBatchNorm need >= 2 GPUs to run."
+        "group (hqtd.runtime.setup_runtime), so NCCL, DDP and SyncBatchNorm need >= 2 GPUs to run."
     )
     return lines
 
@@ -149,7 +149,7 @@ def supervised_seconds(cfg: Config, rounds: int) -> float:
     tick = sync_clock(device)
 
     def iteration() -> None:
-        from hqtd.train import to_device
+        from hqtd.training.streams import to_device
 
         batch = to_device(next(trainer.source), device, cfg.train.channels_last)
         with autocast(device, cfg.train.precision):

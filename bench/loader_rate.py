@@ -2,12 +2,13 @@
 
 Reads the prepared datasets that ``bench.real_size`` writes (``--data-root`` = its work folder:
 GTA5 pre-resized to 1280×720 at prepare time as the README recommends, Cityscapes 2048×1024
-resized to 1280×640 on load) through the loaders ``hqtd.train`` builds (``train.stage_datasets``,
-``train.batches``: decode, resize, flip, blur, per-item seeding, batch 2 per domain), for
-``num_workers`` 0, 1, 2 (per loader: a run has two, source and target). One iteration needs one
-source and one target batch. Reported: wall iterations/s (what a GPU waiting on the loader would
-see; with W > 0 only if W free cores per loader exist) and, with 0 workers, CPU seconds per
-sample of this process (the cost a worker pays, independent of the machine's load).
+resized to 1280×640 on load) through the loaders ``hqtd.train`` builds
+(``hqtd.training.stage.stage_datasets``, ``hqtd.training.streams.batches``: decode, resize, flip,
+blur, per-item seeding, batch 2 per domain), for ``num_workers`` 0, 1, 2 (per loader: a run has
+two, source and target). One iteration needs one source and one target batch. Reported: wall
+iterations/s (what a GPU waiting on the loader would see; with W > 0 only if W free cores per
+loader exist) and, with 0 workers, CPU seconds per sample of this process (the cost a worker pays,
+independent of the machine's load).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m bench.loader_rate --data-root /tmp/hqtd-real-size-XXXX
 """
@@ -21,8 +22,10 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from hqtd import train
 from hqtd.config import load_config
+from hqtd.runtime import Runtime
+from hqtd.training.stage import stage_datasets
+from hqtd.training.streams import SOURCE_STREAM, TARGET_STREAM, batches
 
 
 def loaders(data_root: Path, method: str, workers: int):
@@ -30,11 +33,11 @@ def loaders(data_root: Path, method: str, workers: int):
         "benchmark=gta5", f"method={method}", "run_dir=unused", f"data_root={data_root}",
         f"train.num_workers={workers}", "train.device=cpu",
     ])  # fmt: skip
-    source_set, target_set = train.stage_datasets(cfg)
-    runtime = train.Runtime(torch.device("cpu"))
+    source_set, target_set = stage_datasets(cfg)
+    runtime = Runtime(torch.device("cpu"))
     return (
-        train.batches(source_set, train.SOURCE_STREAM, 0, cfg, runtime),
-        train.batches(target_set, train.TARGET_STREAM, 0, cfg, runtime),
+        batches(source_set, SOURCE_STREAM, 0, cfg, runtime),
+        batches(target_set, TARGET_STREAM, 0, cfg, runtime),
     )
 
 

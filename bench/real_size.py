@@ -144,7 +144,7 @@ INIT_CODE = """
 import sys, math, torch
 from hqtd.config import load_config
 from hqtd.models.deeplabv2 import build_model
-from hqtd.train import save_checkpoint
+from hqtd.models.checkpoints import save_checkpoint
 from pathlib import Path
 cfg = load_config(sys.argv[2:])
 torch.manual_seed(cfg.seed)

@@ -36,46 +36,20 @@ from hqtd.determinism import cpu_kernels
 from hqtd.errors import HqtdError
 from hqtd.io import atomic_path, write_json
 from hqtd.metrics import SegmentationCounts, bootstrap_mean_iou, iou_from_counts
-from hqtd.models.checkpoints import CheckpointWeights, apply_weights, read_weights
+from hqtd.models.checkpoints import (
+    CheckpointWeights,
+    apply_weights,
+    checkpoint_iteration,
+    read_weights,
+)
 from hqtd.models.deeplabv2 import build_model
 from hqtd.provenance import combined_hash, environment, manifest_hashes
+from hqtd.runtime import autocast, images_to_float, resolve_device
 
 #: Where ``hqtd evaluate checkpoint=FILE benchmark=B`` writes without a run (:func:`output_dir`).
 EVALUATIONS_DIR = Path("results/evaluations")
 #: The authors' network, for scoring their checkpoints: align_corners (§8.1), 2-branch ASPP (§2).
 AUTHORS_MODEL = {"align_corners": True, "aspp_branches": 2}
-
-
-def resolve_device(name: str, threads: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error.
-
-    ``threads`` > 0 also fixes torch's intra-op threads: CPU reductions split their work by
-    thread count, so the same run on another core count would differ in the last bits.
-    """
-    if threads > 0:
-        torch.set_num_threads(threads)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HqtdError(f"train.device={name}: no CUDA device is available (use cpu or auto)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise HqtdError(f"train.device={name}: expected auto, cpu or cuda") from None
-
-
-def autocast(device: torch.device, precision: Precision) -> torch.autocast:
-    """The autocast context of ``train.precision`` (disabled for fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision is Precision.bf16)
-
-
-def images_to_float(
-    images: torch.Tensor, device: torch.device, channels_last: bool
-) -> torch.Tensor:
-    """uint8 (B,3,H,W) RGB -> float (B,3,H,W) in [0, 1] on ``device`` (the model's input)."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = images.to(device, non_blocking=True).float().div_(255.0)
-    return images.contiguous(memory_format=memory_format)
 
 
 @torch.no_grad()
@@ -407,14 +381,3 @@ def output_dir(config: Config, out: str | None) -> Path:
     if config.run_dir:
         return Path(config.run_dir) / "eval" / protocol / f"checkpoint-{stem}"
     return EVALUATIONS_DIR / config.benchmark.name / stem / protocol
-
-
-def checkpoint_iteration(path: Path) -> int | None:
-    """The training iteration stored in an hqtd checkpoint; None for other checkpoint files."""
-    try:  # memory-mapped: reads the small entries without loading the weights
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError):
-        return None  # e.g. the authors' legacy-format files; load_weights has already read them
-    if isinstance(checkpoint, dict) and checkpoint.get("format") == "hqtd-train-v1":
-        return int(checkpoint["iteration"])
-    return None

@@ -408,8 +408,3 @@ def protocols(path: Path | None = None) -> list[str]:
             available = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
             raise HqtdError(f"{path}: protocol {name!r} unknown (available: {available})")
     return [str(name) for name in names]
-
-
-def runs(grid: str | None = None) -> list[Run]:
-    """The runs of grid ``grid`` of ``params/grid.yaml`` (the default grid when None)."""
-    return load_grid(grid).runs()

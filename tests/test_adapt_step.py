@@ -81,6 +81,11 @@ def _batches():
     return source, target
 
 
+def step_settings(cfg) -> tuple[MethodConfig, int, float]:
+    """What :func:`adaptation_step` takes of a config: the method, crop size and aux weight."""
+    return cfg.method, cfg.benchmark.crop_size, cfg.train.aux_weight
+
+
 def _config(variant: str, **method_changes):
     cfg = load_config([f"method={variant}", "run_dir=unused"])
     cfg.benchmark.crop_size = CROP
@@ -97,7 +102,8 @@ def _run(cfg, seed=0, ema_shift=0.0):
         for param in ema.module.parameters():
             param.add_(ema_shift)
     source, target = _batches()
-    result = adaptation_step(student, ema, source, target, cfg, torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    result = adaptation_step(student, ema, source, target, *step_settings(cfg), generator)
     result.loss.backward()
     return result, [param.grad.clone() for param in student.parameters()]
 
@@ -206,7 +212,12 @@ def test_every_variant_runs_on_the_mini_deeplab():
     for variant in VARIANTS:
         cfg.method = _config(variant).method
         result = adaptation_step(
-            copy.deepcopy(model), ema, source, target, cfg, torch.Generator().manual_seed(0)
+            copy.deepcopy(model),
+            ema,
+            source,
+            target,
+            *step_settings(cfg),
+            torch.Generator().manual_seed(0),
         )
         assert set(result.terms) == EXPECTED_TERMS[variant]
         assert torch.isfinite(result.loss)
@@ -240,8 +251,9 @@ def test_full_edge_runs_under_bf16_autocast():
     student = TinySegmenter().train()
     source, target = _batches()
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        settings = step_settings(_config("full_edge"))
         result = adaptation_step(
-            student, ModelEMA(student), source, target, _config("full_edge"), torch.Generator()
+            student, ModelEMA(student), source, target, *settings, torch.Generator()
         )
     result.loss.backward()
     assert result.loss.dtype == torch.float32

@@ -17,10 +17,7 @@ import torch
 from PIL import Image
 from raw_datasets import make_cityscapes
 
-from hqtd.adapt.step import make_views, mixed_target_views
-from hqtd.cli import main
-from hqtd.config import Augmentation, MethodConfig
-from hqtd.data.authors_transforms import (
+from hqtd.adapt.authors_views import (
     StrongParams,
     albumentations_offsets,
     apply_strong,
@@ -34,8 +31,11 @@ from hqtd.data.authors_transforms import (
     to_gray,
     to_uint8,
 )
+from hqtd.adapt.step import mixed_target_views
+from hqtd.adapt.views import crop_resize, make_views, sample_crop_boxes, strong_augment
+from hqtd.cli import main
+from hqtd.config import Augmentation, MethodConfig
 from hqtd.data.datasets import SegmentationDataset, image_resample
-from hqtd.data.transforms import crop_resize, sample_crop_boxes, strong_augment
 from hqtd.models.deeplabv2 import SegOutput
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -75,7 +75,7 @@ def level_difference(got: np.ndarray, expected: np.ndarray) -> int:
 
 def test_to_uint8_gives_back_every_dataset_level() -> None:
     levels = torch.arange(256, dtype=torch.uint8)
-    as_input = levels.float().div(255.0).view(1, 1, 1, 256)  # hqtd.evaluate.images_to_float
+    as_input = levels.float().div(255.0).view(1, 1, 1, 256)  # hqtd.runtime.images_to_float
     assert torch.equal(to_uint8(as_input).flatten(), levels)
     # between levels it truncates as numpy's astype(np.uint8): 7.7 -> 7; out of range clips
     between = torch.tensor([7.7, 254.99, -3.0, 300.0]).div(255).view(1, 1, 1, 4)

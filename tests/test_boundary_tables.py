@@ -60,7 +60,7 @@ def runs(tmp_path: Path) -> Path:
 
 def test_golden_boundary_tables(runs, tmp_path):
     out = tmp_path / "tables"
-    written = write_tables(runs, out, scoring=SCORING)
+    written = write_tables(runs, out, "mini", scoring=SCORING)
     new = sorted(p.name for p in written if p.stem.startswith(("boundary", "ablation_delta")))
     assert new == sorted(f"{s}.{x}" for s in ("ablation_delta_paper", "boundary_paper")
                          for x in ("csv", "html", "md", "tex"))  # fmt: skip
@@ -81,7 +81,7 @@ def _mean_iou(arrays, score):
 
 def test_runs_csv_boundary_columns_and_delta_cells(runs, tmp_path):
     out = tmp_path / "tables"
-    write_tables(runs, out, scoring=SCORING)
+    write_tables(runs, out, "mini", scoring=SCORING)
     tidy = pd.read_csv(out / "runs.csv")
     assert list(tidy.columns[6:14]) == [
         "metric", "iou", "iou_low", "iou_high", "boundary_iou", "boundary_iou_low",
@@ -116,10 +116,10 @@ def test_bad_per_image_files_are_one_line_errors(runs, tmp_path):
     other, _ = per_image_counts("full", 1)  # another evaluation's counts
     np.savez(bad, **other)
     with pytest.raises(HqtdError, match="per_image.npz: per-image counts do not sum"):
-        write_tables(runs, tmp_path / "out", scoring=SCORING)
+        write_tables(runs, tmp_path / "out", "mini", scoring=SCORING)
     np.savez(bad, iou_intersection=np.zeros((3, 16), dtype=np.int64))
     with pytest.raises(HqtdError, match="per_image.npz: expected \\(images, 19\\)"):
-        write_tables(runs, tmp_path / "out", scoring=SCORING)
+        write_tables(runs, tmp_path / "out", "mini", scoring=SCORING)
 
 
 def _write_grid_results(root: Path, monkeypatch, quality: dict[str, float]) -> None:
@@ -137,7 +137,7 @@ def _write_grid_results(root: Path, monkeypatch, quality: dict[str, float]) -> N
                 out.rmdir()
             write_eval(runs, "mini_gta5", method, seed, "paper", conf)
             np.savez_compressed(out / "per_image.npz", **arrays)
-    write_tables(runs, root / "results" / "tables" / "demo", scoring=SCORING)
+    write_tables(runs, root / "results" / "tables" / "demo", "demo", scoring=SCORING)
 
 
 def test_compare_shows_paired_intervals_between_revisions(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from hqtd.config import PARAMS_DIR, Backbone, InputStyle, ModelConfig, Weights, 
 from hqtd.errors import HqtdError
 from hqtd.evaluate import evaluate_command
 from hqtd.models import build_model, load_weights
-from hqtd.train import initial_model
+from hqtd.training.stage import initial_model
 
 # ----------------------------------------------------------------------------------------------
 # §8.1 upsampling convention

@@ -43,6 +43,10 @@ TINY = [
 ]
 
 
+#: The grid of the ``runs`` fixture: the mini grid narrowed to seeds 0-1 and TINY's overrides.
+NARROWED = ([0, 1], " ".join(TINY[1:]))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """results/runs of mini_gta5 with source_only seeds 0, 1 and full seed 0 (2 iterations each,
@@ -66,11 +70,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_figures_are_written_and_byte_stable(runs, tmp_path):
-    first = write_figures(runs, tmp_path / "a")
+    first = write_figures(runs, tmp_path / "a", load_grid("mini").narrowed(*NARROWED))
     names = ["iou_mini_gta5.png", "boundary_mini_gta5.png", "curves_mini_gta5.png",
              "diagnostics_mini_gta5.png", "qualitative_mini_gta5.png"]  # fmt: skip
     assert [p.name for p in first] == names
-    second = write_figures(runs, tmp_path / "b")
+    second = write_figures(runs, tmp_path / "b", load_grid("mini").narrowed(*NARROWED))
     for a, b in zip(first, second, strict=True):
         assert a.read_bytes() == b.read_bytes(), a.name
     with Image.open(first[0]) as png:
@@ -81,7 +85,7 @@ def test_figures_are_written_and_byte_stable(runs, tmp_path):
 def test_panel_is_skipped_without_checkpoints(runs, tmp_path, capsys):
     copy = tmp_path / "runs"
     shutil.copytree(runs, copy, ignore=shutil.ignore_patterns("*.pt"))
-    written = write_figures(copy, tmp_path / "out")
+    written = write_figures(copy, tmp_path / "out", load_grid("mini").narrowed(*NARROWED))
     names = ["iou_mini_gta5.png", "boundary_mini_gta5.png", "curves_mini_gta5.png",
              "diagnostics_mini_gta5.png"]  # fmt: skip
     assert [p.name for p in written] == names
@@ -92,7 +96,7 @@ def test_cli_reads_and_writes_the_folders_of_its_grid(runs, tmp_path, monkeypatc
     """The tiny runs are the mini grid narrowed to seeds 0-1 and TINY's overrides: their own
     folder, results/runs/mini-<hash of the overrides>."""
     narrowing = ["--seeds", "0", "1", "--overrides", " ".join(TINY[1:])]
-    grid = load_grid("mini").narrowed([0, 1], " ".join(TINY[1:]))
+    grid = load_grid("mini").narrowed(*NARROWED)
     shutil.copytree(runs, tmp_path / grid.runs_dir, ignore=shutil.ignore_patterns("*.pt"))
     monkeypatch.chdir(tmp_path)
     assert main(["figures", "--grid", "mini", *narrowing]) == 0

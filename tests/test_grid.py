@@ -15,7 +15,6 @@ from hqtd.grid import (
     grid_names,
     load_grid,
     protocols,
-    runs,
     source_method,
 )
 
@@ -31,8 +30,8 @@ def test_default_grid_is_demo_with_eight_runs_in_grid_order():
         for method in ("source_only", "full")
         for seed in (0, 1)
     ]
-    assert runs() == expected
-    assert runs(None) == runs("demo")
+    assert load_grid().runs() == expected
+    assert load_grid(None).runs() == load_grid("demo").runs()
 
 
 def test_mini_and_paper_grids_cover_the_variants():
@@ -40,11 +39,11 @@ def test_mini_and_paper_grids_cover_the_variants():
     names its source method, the benchmark files their datasets."""
     mini = load_grid("mini")
     assert list(mini.methods) == ALL_VARIANTS
-    assert len(runs("mini")) == 2 * 11 * 3
+    assert len(load_grid("mini").runs()) == 2 * 11 * 3
     paper = load_grid("paper")
     assert list(paper.methods) == [v for v in ALL_VARIANTS if v != "oracle"]
     assert set(paper.benchmarks) == {"gta5", "synthia"}
-    assert len(runs("paper")) == 2 * 10 * 3
+    assert len(load_grid("paper").runs()) == 2 * 10 * 3
     assert grid_names() == ["demo", "mini", "paper"]
     assert paper.target == "cityscapes" and not paper.synthesized
     assert paper.datasets == {"gta5": "gta5", "synthia": "synthia", "cityscapes": "cityscapes"}
@@ -135,8 +134,8 @@ def test_grids_never_share_a_run_tables_or_figures_folder():
             if run.source_run is not None:
                 assert run.source_run in grid.runs()
                 assert run.init_checkpoint.is_relative_to(grid.runs_dir)
-    shared = {(r.benchmark, r.method, r.seed) for r in runs("demo")} & {
-        (r.benchmark, r.method, r.seed) for r in runs("mini")
+    shared = {(r.benchmark, r.method, r.seed) for r in load_grid("demo").runs()} & {
+        (r.benchmark, r.method, r.seed) for r in load_grid("mini").runs()
     }
     assert ("mini_gta5", "full", 0) in shared  # the collision this layout exists to avoid
     for folders in (
@@ -152,7 +151,7 @@ def test_grids_never_share_a_run_tables_or_figures_folder():
 
 def test_unknown_grid_is_a_one_line_error_listing_the_grids():
     with pytest.raises(HqtdError, match=r"unknown grid 'nope'; available: demo, mini, paper"):
-        runs("nope")
+        load_grid("nope")
 
 
 def _variant(tmp_path: Path, edit) -> Path:

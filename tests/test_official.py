@@ -25,19 +25,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_adapt_step import step_settings
 from test_train import TINY as TRAIN_TINY
 from torch import Tensor, nn
 
 import hqtd.adapt.step as step
 import hqtd.train
+import hqtd.training.run_log
 from hqtd.adapt.ema import ModelEMA
 from hqtd.config import load_config
 from hqtd.data.prepare import prepare
 from hqtd.data.synth.write import Counts, generate
 from hqtd.errors import HqtdError
-from hqtd.models.checkpoints import load_weights
+from hqtd.models.checkpoints import load_checkpoint, load_weights
 from hqtd.models.deeplabv2 import SegOutput, build_model
-from hqtd.train import epoch_length, initial_model, load_checkpoint, train
+from hqtd.train import train
+from hqtd.training.schedule import epoch_length
+from hqtd.training.stage import initial_model
 
 IGNORE = 255
 NUM_CLASSES = 8
@@ -144,7 +148,7 @@ def run_hqtd(student: nn.Module, cfg, source: dict, target: dict, monkeypatch) -
     monkeypatch.setattr(step, "classmix_masks", spy_classmix)
     ema = ModelEMA(student)
     generator = torch.Generator().manual_seed(STEP_SEED)
-    result = step.adaptation_step(student, ema, source, target, cfg, generator)
+    result = step.adaptation_step(student, ema, source, target, *step_settings(cfg), generator)
     result.loss.backward()
     return result, [p.grad.clone() for p in student.parameters()], draws
 
@@ -376,8 +380,9 @@ def test_edge_code_switch_changes_exactly_its_terms():
         torch.manual_seed(0)
         student = TinySeg().double().train()
         source, target = batches()
+        generator = torch.Generator().manual_seed(0)
         result = step.adaptation_step(
-            student, ModelEMA(student), source, target, cfg, torch.Generator().manual_seed(0)
+            student, ModelEMA(student), source, target, *step_settings(cfg), generator
         )
         return result.terms
 
@@ -442,7 +447,7 @@ def test_eval_per_epoch_validates_at_epoch_ends(data_root, source_checkpoint, tm
 def record_checkpoints(monkeypatch) -> dict[int, dict]:
     """Every last.pt the loop saves, by iteration (copies of the model and EMA states)."""
     saved = {}
-    original = hqtd.train.save_checkpoint
+    original = hqtd.training.run_log.save_checkpoint
 
     def spy(path: Path, state: dict) -> None:
         if path.name == "last.pt":
@@ -450,7 +455,7 @@ def record_checkpoints(monkeypatch) -> dict[int, dict]:
             saved[state["iteration"]] = keep
         original(path, state)
 
-    monkeypatch.setattr(hqtd.train, "save_checkpoint", spy)
+    monkeypatch.setattr(hqtd.training.run_log, "save_checkpoint", spy)
     return saved
 
 

@@ -38,7 +38,9 @@ from hqtd.config import load_config
 from hqtd.data.datasets import SegmentationDataset
 from hqtd.errors import HqtdError
 from hqtd.io import plain_file_mode, sweep_temporaries, write_text
-from hqtd.train import LOCK_FILE, load_checkpoint, run_dir_lock, save_checkpoint, train
+from hqtd.models.checkpoints import load_checkpoint, save_checkpoint
+from hqtd.train import train
+from hqtd.training.run_dir import LOCK_FILE, run_dir_lock
 
 
 def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:

@@ -17,7 +17,6 @@ from hqtd.data.synth import domains
 from hqtd.data.synth.render import render
 from hqtd.data.synth.write import Counts, generate, sample_paths
 from hqtd.errors import HqtdError
-from hqtd.report.figures import sample_grid
 
 SMALL = Counts(gta5=3, synthia=3, cityscapes_train=4, cityscapes_val=2)
 CITYSCAPES_NAME = re.compile(r"([a-z]+)/\1_\d{6}_\d{6}_(leftImg8bit|gtFine_labelIds)\.png")
@@ -170,13 +169,6 @@ def test_prepare_reads_all_three_datasets(raw: Path, tmp_path: Path) -> None:
         assert pixels[[0, 2, 10, 13]].min() > 0  # road, building, sky, car
         if layout == "synthia":
             assert pixels[[TERRAIN, TRUCK, TRAIN]].sum() == 0
-
-
-def test_sample_grid_writes_a_figure(raw: Path, tmp_path: Path) -> None:
-    out = tmp_path / "figures" / "grid.png"
-    sample_grid(raw, out, samples=2)
-    figure = Image.open(out)
-    assert figure.format == "PNG" and figure.size[0] > 200
 
 
 def test_a_deleted_raw_image_is_drawn_again(raw: Path, tmp_path: Path, capsys) -> None:

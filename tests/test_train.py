@@ -29,6 +29,7 @@ import hqtd.codedeps
 import hqtd.config
 import hqtd.provenance
 import hqtd.train
+import hqtd.training.run_log
 from hqtd.adapt.step import StepResult
 from hqtd.cli import main
 from hqtd.config import load_config
@@ -39,22 +40,14 @@ from hqtd.determinism import PORTABLE_ENV
 from hqtd.errors import HqtdError
 from hqtd.evaluate import evaluate_command, selection_score
 from hqtd.metrics import summary
-from hqtd.models.checkpoints import load_weights
+from hqtd.models.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from hqtd.models.deeplabv2 import build_model
-from hqtd.train import (
-    BatchStream,
-    RunLog,
-    SeededItems,
-    config_differences,
-    load_checkpoint,
-    poly_lr,
-    rng_states,
-    save_checkpoint,
-    set_rng_states,
-    stage_datasets,
-    train,
-    truncate_log,
-)
+from hqtd.train import train
+from hqtd.training.run_dir import config_differences, truncate_log
+from hqtd.training.run_log import RunLog
+from hqtd.training.schedule import poly_lr
+from hqtd.training.stage import stage_datasets
+from hqtd.training.streams import BatchStream, SeededItems, rng_states, set_rng_states
 
 TINY = [
     "benchmark.source_size=[64,36]",
@@ -263,13 +256,13 @@ def test_run_log_resume_hides_what_the_interrupted_attempt_logged_past_its_check
     for step in range(1, 7):
         interrupted.train({"iteration": step, "total": float(step)})
         if step == 4:
-            interrupted.flush()  # the checkpoint holds 4 iterations
-    interrupted.flush()  # iterations 5 and 6 reached the disk before the kill
+            interrupted.writer.flush()  # the checkpoint holds 4 iterations
+    interrupted.writer.flush()  # iterations 5 and 6 reached the disk before the kill
     truncate_log(tmp_path / "train_log.jsonl", 4)
     resumed = RunLog(tmp_path, start=4, num_classes=19)
     for step in (5, 6):
         resumed.train({"iteration": step, "total": 10.0 * step})
-    resumed.close()
+    resumed.writer.close()
     expected = [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 50.0), (6, 60.0)]
     assert tensorboard_scalars(tmp_path)["train/total"] == expected
     totals = [r["total"] for r in read_jsonl(tmp_path / "train_log.jsonl")]
@@ -545,17 +538,17 @@ def counted_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def interrupted_run(data_root: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A short source-only run killed right after its checkpoint at iteration 2 of 4."""
-    save = hqtd.train.save_checkpoint
+    save = hqtd.training.run_log.save_checkpoint
 
     def save_then_die(path: Path, state: dict) -> None:
         save(path, state)
         if path.name == "last.pt":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(hqtd.train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(hqtd.training.run_log, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(load_config(run_args(data_root, run_dir, *SHORT_SOURCE_ONLY)))
-    monkeypatch.setattr(hqtd.train, "save_checkpoint", save)
+    monkeypatch.setattr(hqtd.training.run_log, "save_checkpoint", save)
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 2
 
 
@@ -657,10 +650,10 @@ def test_edited_training_code_in_a_copy_of_the_package_is_trained_again(
     env = {**quiet_env(), "PYTHONPATH": str(copy)}
     subprocess.run(hqtd_command(*args), env=env, check=True, capture_output=True, cwd=tmp_path)
     first = [r["lr"] for r in read_jsonl(run_dir / "train_log.jsonl")]
-    train_py = copy / "hqtd" / "train.py"
+    schedule_py = copy / "hqtd" / "training" / "schedule.py"
     schedule = "return base_lr * (1.0 - iteration / total) ** power"
-    assert schedule in train_py.read_text()
-    train_py.write_text(train_py.read_text().replace(schedule, schedule + " * 0.5"))
+    assert schedule in schedule_py.read_text()
+    schedule_py.write_text(schedule_py.read_text().replace(schedule, schedule + " * 0.5"))
     (run_dir / "done").unlink()  # what a DAG does before rerunning the job
     done = subprocess.run(
         hqtd_command(*args), env=env, check=True, capture_output=True, text=True, cwd=tmp_path

@@ -3,7 +3,7 @@
 :func:`adaptation_step` composes the per-step functions of this package in the authors' order:
 
     1  L_src on the full source images                       forward: source (grad)
-    2  weak/strong 512² views of source and target
+    2  weak/strong 512² views of source and target (:mod:`hqtd.adapt.views`)
     3  ŷ^t on the full target images, cropped like W          forward: target (no grad)
     4  ClassMix: paste source classes into both target views
     7  L_st, L_st,aux on the mixed strong view                forward: x̃^{t,s} (grad)
@@ -40,10 +40,9 @@ from hqtd.adapt.edges import boundary_band
 from hqtd.adapt.ema import ModelEMA
 from hqtd.adapt.mixing import classmix_masks, contrastive_labels, mix, target_to_source
 from hqtd.adapt.pseudo import aux_pseudo_labels, confident_labels, pseudo_labels
-from hqtd.config import Augmentation, Config, MethodConfig, PseudoLabelModel
-from hqtd.data.authors_transforms import authors_views
+from hqtd.adapt.views import Views, make_views
+from hqtd.config import MethodConfig, PseudoLabelModel
 from hqtd.data.labels import IGNORE
-from hqtd.data.transforms import crop_resize, sample_crop_boxes, strong_augment
 
 if TYPE_CHECKING:
     from hqtd.models.deeplabv2 import SegOutput
@@ -61,14 +60,6 @@ class StepResult(NamedTuple):
     terms: dict[str, float]
 
 
-class Views(NamedTuple):
-    """Step 2: the weak and strong crops of a batch and the crop of its labels."""
-
-    weak: Tensor  # (B, 3, S, S) float in [0, 1]
-    strong: Tensor  # (B, 3, S, S), the weak crop plus photometric augmentation
-    label: Tensor  # (B, S, S) int64 (or (B, C, S, S): the crop of a per-pixel map, see make_views)
-
-
 def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     """Mean pixel CE over the non-ignored pixels; 0 when every pixel is ignored (e.g. empty band).
 
@@ -80,40 +71,6 @@ def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return total / (target != IGNORE).sum().clamp_min(1)
 
 
-def make_views(
-    image: Tensor,
-    label: Tensor,
-    size: int,
-    generator: torch.Generator,
-    augmentation: Augmentation = Augmentation.torchvision,
-) -> Views:
-    """Step 2: one random resized crop per image (weak view) and its strong augmentation.
-
-    Args:
-        image: (B, 3, H, W) float in [0, 1].
-        label: (B, H, W) int64 labels, or any (B, C, H, W) per-pixel map (e.g. logits), cropped
-            with the same nearest sampling.
-        size: crop side S (512 in the paper).
-        generator: draws the boxes and the augmentation.
-        augmentation: ``torchvision`` (hqtd's float ops, :mod:`hqtd.data.transforms`) or
-            ``authors`` (their uint8 albumentations ops, §8.6, :mod:`hqtd.data.authors_transforms`).
-
-    Against the authors (``perturbations/augmentations.py``, METHOD.md §8.6): they crop the
-    pseudo-label, the argmax of the full-image prediction (upsampled with ``align_corners=True``,
-    §8.1, here ``model.align_corners``), with albumentations' RandomResizedCrop, OpenCV bilinear
-    without antialiasing for the image and ``INTER_NEAREST`` (source index floor(i·scale), not
-    pixel-centred) for the label; :func:`~hqtd.data.transforms.crop_resize` differs in both
-    (antialiased bilinear, pixel-centre nearest). The authors' resize is
-    ``method.augmentation=authors``'s.
-    """
-    batch, _, height, width = image.shape
-    boxes = sample_crop_boxes(batch, height, width, generator)
-    if augmentation is Augmentation.authors:
-        return Views(*authors_views(image, label, boxes, size, generator))
-    weak = crop_resize(image, boxes, size, "bilinear")
-    return Views(weak, strong_augment(weak, generator), crop_resize(label, boxes, size, "nearest"))
-
-
 def _result(loss: Tensor, terms: dict[str, Tensor]) -> StepResult:
     """Pack the loss and its terms; one device sync for all the floats (float64 holds fp32 and
     bf16 values exactly and keeps a float64 step's terms whole)."""
@@ -122,23 +79,30 @@ def _result(loss: Tensor, terms: dict[str, Tensor]) -> StepResult:
     return StepResult(loss, dict(zip(names, values, strict=True)))
 
 
-def supervised_step(model: nn.Module, batch: dict[str, Tensor], aux_weight: float) -> StepResult:
-    """Source-only / oracle stages (METHOD.md §3.1): ``CE(z(x), y) + aux_weight·CE(a(x), y)``.
+def supervised_terms(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Step 1 (and the supervised stages, METHOD.md §3.1): CE of the main and of the aux head on a
+    labelled batch, ``(CE(z(x), y), CE(a(x), y))`` (L_src and L_src,aux in the adaptation step).
 
     Args:
         model: returns ``SegOutput(main, aux, main_small)`` for (B, 3, H, W) images in [0, 1].
         batch: ``image`` (B, 3, H, W) float, ``label`` (B, H, W) int64 (255 = ignore).
+    """
+    out = model(batch["image"])
+    return cross_entropy(out.main, batch["label"]), cross_entropy(out.aux, batch["label"])
+
+
+def supervised_step(model: nn.Module, batch: dict[str, Tensor], aux_weight: float) -> StepResult:
+    """Source-only / oracle stages (METHOD.md §3.1): ``CE(z(x), y) + aux_weight·CE(a(x), y)``.
+
+    Args:
+        model, batch: as :func:`supervised_terms`.
         aux_weight: weight of the aux head (0.1).
 
     Returns:
         The loss and the terms ``ce``, ``ce_aux``, ``total``.
     """
-    out = model(batch["image"])
-    terms = {
-        "ce": cross_entropy(out.main, batch["label"]),
-        "ce_aux": cross_entropy(out.aux, batch["label"]),
-    }
-    return _result(terms["ce"] + aux_weight * terms["ce_aux"], terms)
+    ce, ce_aux = supervised_terms(model, batch)
+    return _result(ce + aux_weight * ce_aux, {"ce": ce, "ce_aux": ce_aux})
 
 
 def loss_weights(method: MethodConfig, aux_weight: float) -> dict[str, float]:
@@ -344,17 +308,21 @@ def adaptation_step(
     ema: ModelEMA,
     source: dict[str, Tensor],
     target: dict[str, Tensor],
-    cfg: Config,
+    method: MethodConfig,
+    crop_size: int,
+    aux_weight: float,
     generator: torch.Generator,
 ) -> StepResult:
-    """METHOD.md §4 steps 1-11 (and §5 when ``method.edge``), as switched by ``cfg.method``.
+    """METHOD.md §4 steps 1-11 (and §5 when ``method.edge``), as switched by ``method``.
 
     Args:
         student: the model being trained (train mode); returns ``SegOutput``.
         ema: the EMA copy; used only when ``method.pseudo_label_model`` is ``ema``.
         source: ``image`` (B, 3, H, W) float in [0, 1], ``label`` (B, H, W) int64.
         target: ``image`` (B, 3, H', W') float in [0, 1] (no label needed).
-        cfg: ``method`` switches and weights, ``benchmark.crop_size``, ``train.aux_weight``.
+        method: the switches and weights of the variant.
+        crop_size: side S of the step-2 crops (``benchmark.crop_size``).
+        aux_weight: weight a of L_src,aux (``train.aux_weight``).
         generator: every random draw of the step (crops, augmentation, ClassMix).
 
     Returns:
@@ -363,19 +331,15 @@ def adaptation_step(
         ``st_edge``, ``st_aux_edge`` (edge with self-training), ``mix_edge`` (edge with t2s),
         ``mix_aux`` (the authors' edge code with t2s).
     """
-    method = cfg.method
-    weights = loss_weights(method, cfg.train.aux_weight)
-    out_src = student(source["image"])  # step 1
-    terms = {
-        "src": cross_entropy(out_src.main, source["label"]),
-        "src_aux": cross_entropy(out_src.aux, source["label"]),
-    }
+    weights = loss_weights(method, aux_weight)
+    src, src_aux = supervised_terms(student, source)  # step 1
+    terms = {"src": src, "src_aux": src_aux}
     contrastive = method.pixel or method.proto
     if not (method.self_training or method.t2s or contrastive):
         return _result(total_loss(terms, weights), terms)
 
     teacher = pseudo_label_model(student, ema, method)
-    views = mixed_target_views(teacher, source, target, method, cfg.benchmark.crop_size, generator)
+    views = mixed_target_views(teacher, source, target, method, crop_size, generator)
     # Forward order as the authors': strong view, then weak view (steps 7 and 5), then the §5
     # crop, then x^{ts}. The aux head is only used by self-training (L_st,aux and its pseudo-labels
     # y^{w,aux}) and by the authors' edge code (L_mix,aux, §8.4b).

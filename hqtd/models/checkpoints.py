@@ -2,7 +2,8 @@
 
 Supported (METHOD.md §2):
 
-- hqtd training checkpoints (``{"format": "hqtd-train-v1", "model": ..., "ema": ...}``);
+- hqtd training checkpoints (``{"format": "hqtd-train-v1", "model": ..., "ema": ...}``), written
+  and read back whole by :func:`save_checkpoint` and :func:`load_checkpoint`;
 - the authors' checkpoints: keys ``conv1, bn1, layer1..layer4`` (torchvision names), ``layer5``
   (aux ASPP) and ``layer6`` (main ASPP) with branches ``conv2d_list.{0..3}``, possibly wrapped in
   ``state_dict`` or ``shadow`` and prefixed ``module.``;
@@ -40,7 +41,9 @@ from torch import Tensor, nn
 from hqtd.config import Weights
 from hqtd.data.labels import TRAINIDS_16
 from hqtd.errors import HqtdError
+from hqtd.io import atomic_path
 
+#: The ``format`` entry of every hqtd training checkpoint.
 HQTD_FORMAT = "hqtd-train-v1"
 #: The entries holding the student and the EMA weights: hqtd's files, the authors' (§8.2).
 HQTD_ENTRIES = {Weights.student: "model", Weights.ema: "ema"}
@@ -139,6 +142,48 @@ def verify_checksum(checkpoint: Mapping, path: Path) -> None:
     content = {key: value for key, value in checkpoint.items() if key != "checksum"}
     if state_checksum(content) != stored:
         raise HqtdError(f"{path}: damaged checkpoint (its content does not match its checksum)")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically write an hqtd training checkpoint: ``state`` under :data:`HQTD_FORMAT` (a kill
+    leaves the previous file intact).
+
+    Saved through an open file: given a path, torch.save names the zip archive inside after the
+    (random) temporary file, so equal checkpoints would differ in their bytes. The file also
+    stores the content's ``checksum`` (:func:`state_checksum`), which :func:`load_checkpoint`
+    verifies; the tensors themselves are saved unchanged.
+    """
+    content = {"format": HQTD_FORMAT, **state}
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save({**content, "checksum": state_checksum(content)}, handle)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a whole checkpoint written by :func:`save_checkpoint` and verify its checksum.
+
+    Raises:
+        HqtdError: an unreadable, foreign or damaged file (empty, text, bytes flipped).
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged file can fail anywhere in the unzipper or unpickler
+        detail = (str(error).splitlines() or [type(error).__name__])[0]
+        raise HqtdError(f"{path}: unreadable checkpoint ({detail})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != HQTD_FORMAT:
+        raise HqtdError(f"{path}: not an hqtd training checkpoint (format {HQTD_FORMAT})")
+    verify_checksum(checkpoint, path)
+    return checkpoint
+
+
+def checkpoint_iteration(path: Path) -> int | None:
+    """The training iteration stored in an hqtd checkpoint; None for other checkpoint files."""
+    try:  # memory-mapped: reads the small entries without loading the weights
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError):
+        return None  # e.g. the authors' legacy-format files; load_weights has already read them
+    if isinstance(checkpoint, dict) and checkpoint.get("format") == HQTD_FORMAT:
+        return int(checkpoint["iteration"])
+    return None
 
 
 @dataclass(frozen=True)

@@ -33,17 +33,15 @@ from matplotlib.figure import Figure
 
 from hqtd.config import evaluation_config
 from hqtd.data.datasets import SegmentationDataset
-from hqtd.data.formats.png import read_image
-from hqtd.data.formats.raw import decode_label, list_samples
 from hqtd.data.labels import colorize
 from hqtd.determinism import cpu_kernels
 from hqtd.errors import HqtdError
-from hqtd.evaluate import images_to_float, resolve_device
 from hqtd.grid import SUPERVISED_STAGES, Grid, method_stage
 from hqtd.io import atomic_path
 from hqtd.models.checkpoints import load_weights
 from hqtd.models.deeplabv2 import build_model
 from hqtd.report.tables import RunScores, aggregate, collect, scores_of
+from hqtd.runtime import images_to_float, resolve_device
 
 DPI = 100
 #: No "Software" (matplotlib version) entry: the bytes depend on the figure only.
@@ -280,14 +278,14 @@ def qualitative_panel(baseline_dir: Path, featured_dir: Path, protocol: str) -> 
     return fig
 
 
-def write_figures(runs: Path, out: Path, grid: Grid | str | None = None) -> list[Path]:
+def write_figures(runs: Path, out: Path, grid: Grid | str) -> list[Path]:
     """``hqtd figures``: the three figures of every benchmark with evaluated runs under ``runs``.
 
     Args:
         runs: the grid's runs folder (``results/runs/<grid>``).
         out: the figures folder (``results/figures/<grid>``).
         grid: only the runs of this grid (a name or a :class:`~hqtd.grid.Grid`, see
-            :func:`hqtd.report.tables.collect`); None: every evaluated run.
+            :func:`hqtd.report.tables.collect`).
 
     Returns:
         the files written.
@@ -338,32 +336,3 @@ def write_figures(runs: Path, out: Path, grid: Grid | str | None = None) -> list
         save_png(qualitative_panel(pair[0], pair[1], protocol), written[-1])
     print(f"{out}: {len(written)} figures")
     return written
-
-
-#: The mini benchmark's datasets (``hqtd synth``) and their raw layouts, in figure order.
-MINI_DATASETS = (
-    ("mini_gta5", "gta5"),
-    ("mini_synthia", "synthia"),
-    ("mini_cityscapes", "cityscapes"),
-)
-
-
-def sample_grid(raw_dir: Path, out_png: Path, samples: int = 4) -> None:
-    """Figure of the mini benchmark under ``raw_dir``: per dataset, a row of training images above
-    a row of their labels in the Cityscapes palette (ignore black). The files are read back with
-    the layout code of ``hqtd prepare``, so the figure shows what training sees."""
-    fig = Figure(figsize=(2.6 * samples, 1.45 * 2 * len(MINI_DATASETS)))
-    axes = fig.subplots(2 * len(MINI_DATASETS), samples, squeeze=False)
-    for row, (dataset, layout) in enumerate(MINI_DATASETS):
-        chosen = list_samples(layout, Path(raw_dir) / dataset)["train"][:samples]
-        for col, sample in enumerate(chosen):
-            axes[2 * row, col].imshow(read_image(sample.image), interpolation="nearest")
-            label = colorize(decode_label(layout, sample.label))
-            axes[2 * row + 1, col].imshow(label, interpolation="nearest")
-        axes[2 * row, 0].set_ylabel(dataset, fontsize=8)
-        axes[2 * row + 1, 0].set_ylabel("labels", fontsize=8)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.subplots_adjust(left=0.03, right=0.995, bottom=0.005, top=0.995, wspace=0.03, hspace=0.04)
-    save_png(fig, out_png)

@@ -42,7 +42,6 @@ from hqtd.grid import (
     SUPERVISED_STAGES,
     Grid,
     Run,
-    grid_names,
     load_grid,
     method_stage,
     protocols,
@@ -262,15 +261,6 @@ def _order(values: Iterable[str], preferred: Iterable[str]) -> list[str]:
     return sorted(set(values), key=lambda v: (rank.get(v, len(rank)), v))
 
 
-def _preferred_orders(grid: Grid | None) -> tuple[list[str], list[str]]:
-    """Benchmark and method order: the grid's, else every grid's, longest method list first."""
-    if grid is not None:
-        return list(grid.benchmarks), list(grid.methods)
-    grids = sorted((load_grid(name) for name in grid_names()), key=lambda g: -len(g.methods))
-    benchmarks = [b for g in grids for b in g.benchmarks]
-    return benchmarks, [m for g in grids for m in g.methods]
-
-
 def _named_by(metrics_path: Path) -> tuple[str, str, str, str]:
     """(benchmark, method, seed<k>, protocol) that a ``.../eval/<protocol>/metrics.json`` names."""
     benchmark, method, seed, _, protocol, _ = metrics_path.parts[-6:]
@@ -284,7 +274,7 @@ PLACE_KEYS = ("run_dir", "data_root", "train.init_checkpoint")
 def config_mismatch(run_dir: Path, run: Run, grid: Grid) -> list[str]:
     """Keys whose value in ``run_dir/config.yaml`` differs from the config the grid would train
     ``run`` with (its benchmark, method, seed and overrides); [] without a saved config."""
-    from hqtd.train import config_differences  # torch: only when there are configs to compare
+    from hqtd.training.run_dir import config_differences  # torch: only with configs to compare
 
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
@@ -324,10 +314,8 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def collect(
-    runs: Path, grid: Grid | str | None = None, scoring: ScoringConfig | None = None
-) -> list[RunScores]:
-    """Every evaluated run under ``runs`` (only the grid's runs when ``grid`` is given, see
+def collect(runs: Path, grid: Grid | str, scoring: ScoringConfig | None = None) -> list[RunScores]:
+    """The evaluated runs of ``grid`` (a name or a :class:`~hqtd.grid.Grid`) under ``runs`` (see
     :func:`grid_paths`), in table order: benchmark and method in grid order, then protocol, then
     seed; ``scoring``: the bootstrap settings (:func:`read_run`).
 
@@ -335,18 +323,17 @@ def collect(
         HqtdError: no evaluation found, or a file whose contents contradict its path.
     """
     grid = load_grid(grid) if isinstance(grid, str) else grid
-    paths = sorted(runs.glob("*/*/seed*/eval/*/metrics.json"))
-    if grid is not None:
-        paths = grid_paths(paths, grid)
+    paths = grid_paths(sorted(runs.glob("*/*/seed*/eval/*/metrics.json")), grid)
     if not paths:
         raise HqtdError(f"{runs}: no */*/seed*/eval/*/metrics.json found (run hqtd evaluate first)")
     scores = [read_run(path, scoring) for path in paths]
     for path, s in zip(paths, scores, strict=True):
         if (s.benchmark, s.method, f"seed{s.seed}", s.protocol) != _named_by(path):
             raise HqtdError(f"{path}: describes {s.benchmark}/{s.method}/seed{s.seed}/{s.protocol}")
-    bench_order, method_order = _preferred_orders(grid)
-    bench_rank = {b: i for i, b in enumerate(_order((s.benchmark for s in scores), bench_order))}
-    method_rank = {m: i for i, m in enumerate(_order((s.method for s in scores), method_order))}
+    bench_rank = {
+        b: i for i, b in enumerate(_order((s.benchmark for s in scores), grid.benchmarks))
+    }
+    method_rank = {m: i for i, m in enumerate(_order((s.method for s in scores), grid.methods))}
     proto_rank = {p: i for i, p in enumerate(_order((s.protocol for s in scores), protocols()))}
     return sorted(
         scores,
@@ -786,7 +773,7 @@ RENDERERS = {"md": render_markdown, "tex": render_latex, "html": render_html, "c
 
 
 def write_tables(
-    runs: Path, out: Path, grid: Grid | str | None = None, scoring: ScoringConfig | None = None
+    runs: Path, out: Path, grid: Grid | str, scoring: ScoringConfig | None = None
 ) -> list[Path]:
     """``hqtd tables``: write ``runs.csv`` and every table in every format into ``out``.
 
@@ -794,8 +781,7 @@ def write_tables(
         runs: the grid's runs folder (``results/runs/<grid>``).
         out: the tables folder (``results/tables/<grid>``).
         grid: only the runs of this grid of ``params/grid.yaml`` (a name, or a narrowed
-            :class:`~hqtd.grid.Grid`), rows in its order; None: every run found, in the order of
-            the grids.
+            :class:`~hqtd.grid.Grid`), rows in its order.
         scoring: the bootstrap's draws, confidence level and seed (default: the config's).
 
     Returns:

@@ -14,7 +14,7 @@ tensor ops on the tensors' device: each op follows OpenCV's integer arithmetic o
     strong = apply_strong(weak, params)                           # (B, 3, 512, 512) uint8
     labels = crop_resize_nearest(labels, boxes, 512)              # (B, 512, 512)
 
-hqtd's default (:mod:`hqtd.data.transforms`, ``torchvision``) stays the float version (see
+hqtd's default (:mod:`hqtd.adapt.views`, ``torchvision``) stays the float version (see
 there). All randomness comes from the ``torch.Generator`` passed in, a fixed number of draws per
 call.
 """
@@ -145,7 +145,7 @@ def crop_resize_linear(x: Tensor, boxes: Tensor, size: int) -> Tensor:
 
     Args:
         x: (B, C, H, W) uint8.
-        boxes: (B, 4) ``[top, left, h, w]`` (:func:`hqtd.data.transforms.sample_crop_boxes`).
+        boxes: (B, 4) ``[top, left, h, w]`` (:func:`hqtd.adapt.views.sample_crop_boxes`).
 
     Returns:
         (B, C, size, size) uint8.

@@ -1,4 +1,4 @@
-"""Batched weak/strong views of METHOD.md §4 step 2, on tensors on any device.
+"""METHOD.md §4 step 2: the batched weak/strong views (:func:`make_views`), on any device.
 
 The weak view of an image is a random resized crop; the strong view is the same crop plus colour
 perturbation, so the two correspond pixel for pixel and the label takes the crop only::
@@ -12,20 +12,25 @@ All randomness comes from the ``torch.Generator`` passed in, so a seeded run rep
 
 This float version is hqtd's default (``method.augmentation: torchvision``): it keeps the image in
 float, antialiases the shrinking crops and does not truncate to whole uint8 levels after each op;
-:mod:`hqtd.data.authors_transforms` reproduces the authors' uint8 albumentations ops (§8.6).
+:mod:`hqtd.adapt.authors_views` reproduces the authors' uint8 albumentations ops (§8.6).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
+from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 # The per-image kernels behind F.adjust_hue (pinned torchvision): batched, they take one hue
 # shift per sample, which the public function (one factor per call) cannot.
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+
+from hqtd.adapt.authors_views import authors_views
+from hqtd.config import Augmentation
 
 # Jitter strengths: the magnitudes of albumentations' RandomBrightnessContrast and
 # HueSaturationValue defaults that the authors use (±0.2 brightness and contrast, hue ±20 of
@@ -43,6 +48,47 @@ _INTERPOLATION = {
     "bilinear": InterpolationMode.BILINEAR,
     "nearest": InterpolationMode.NEAREST_EXACT,
 }
+
+
+class Views(NamedTuple):
+    """Step 2: the weak and strong crops of a batch and the crop of its labels."""
+
+    weak: Tensor  # (B, 3, S, S) float in [0, 1]
+    strong: Tensor  # (B, 3, S, S), the weak crop plus photometric augmentation
+    label: Tensor  # (B, S, S) int64 (or (B, C, S, S): the crop of a per-pixel map, see make_views)
+
+
+def make_views(
+    image: Tensor,
+    label: Tensor,
+    size: int,
+    generator: torch.Generator,
+    augmentation: Augmentation = Augmentation.torchvision,
+) -> Views:
+    """Step 2: one random resized crop per image (weak view) and its strong augmentation.
+
+    Args:
+        image: (B, 3, H, W) float in [0, 1].
+        label: (B, H, W) int64 labels, or any (B, C, H, W) per-pixel map (e.g. logits), cropped
+            with the same nearest sampling.
+        size: crop side S (512 in the paper).
+        generator: draws the boxes and the augmentation.
+        augmentation: ``torchvision`` (hqtd's float ops of this module) or ``authors``
+            (their uint8 albumentations ops, §8.6, :mod:`hqtd.adapt.authors_views`).
+
+    Against the authors (``perturbations/augmentations.py``, METHOD.md §8.6): they crop the
+    pseudo-label, the argmax of the full-image prediction (upsampled with ``align_corners=True``,
+    §8.1, here ``model.align_corners``), with albumentations' RandomResizedCrop, OpenCV bilinear
+    without antialiasing for the image and ``INTER_NEAREST`` (source index floor(i·scale), not
+    pixel-centred) for the label; :func:`crop_resize` differs in both (antialiased bilinear,
+    pixel-centre nearest). The authors' resize is ``method.augmentation=authors``'s.
+    """
+    batch, _, height, width = image.shape
+    boxes = sample_crop_boxes(batch, height, width, generator)
+    if augmentation is Augmentation.authors:
+        return Views(*authors_views(image, label, boxes, size, generator))
+    weak = crop_resize(image, boxes, size, "bilinear")
+    return Views(weak, strong_augment(weak, generator), crop_resize(label, boxes, size, "nearest"))
 
 
 def sample_crop_boxes(

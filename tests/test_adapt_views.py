@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hqtd.data.transforms import crop_resize, sample_crop_boxes, strong_augment
+from hqtd.adapt.views import crop_resize, sample_crop_boxes, strong_augment
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
